@@ -1,0 +1,100 @@
+"""The producer's memory bound: admission of records against a record and byte budget.
+
+A record holds its share of the budget from ``put()`` until it is done (accepted or
+dead-lettered), so the bound covers buffered and in-flight records alike. Waiting for room
+works from threads (``acquire``) and from asyncio (``acquire_async``) on the same budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+
+
+class BufferGate:
+    """Admits records while at most ``max_records`` and ``max_bytes`` are held.
+
+    A single record larger than ``max_bytes`` is admitted when nothing else is held, so no
+    record can wait forever.
+    """
+
+    def __init__(self, max_records: int, max_bytes: int) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.records = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._async_waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = (
+            deque()
+        )
+
+    def _fits(self, n_bytes: int) -> bool:
+        if self.records >= self.max_records:
+            return False
+        return self.records == 0 or self.bytes + n_bytes <= self.max_bytes
+
+    def try_acquire(self, n_bytes: int) -> bool:
+        """Take room for one record of ``n_bytes`` if there is some now."""
+        with self._lock:
+            if not self._fits(n_bytes):
+                return False
+            self.records += 1
+            self.bytes += n_bytes
+            return True
+
+    def acquire(self, n_bytes: int, timeout: float | None) -> bool:
+        """Wait (a thread) until there is room for one record; False if ``timeout`` passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._room:
+            while not self._fits(n_bytes):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._room.wait(remaining)
+            self.records += 1
+            self.bytes += n_bytes
+            return True
+
+    async def acquire_async(self, n_bytes: int, timeout: float | None) -> bool:
+        """Wait (a coroutine) until there is room for one record; False if ``timeout`` passed."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            with self._lock:
+                if self._fits(n_bytes):
+                    self.records += 1
+                    self.bytes += n_bytes
+                    return True
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._async_waiters.append((loop, waiter))
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return False
+
+    def release(self, n_records: int, n_bytes: int) -> None:
+        """Give back the room of finished records and wake whoever waits for it."""
+        with self._lock:
+            self.records -= n_records
+            self.bytes -= n_bytes
+            self._room.notify_all()
+            waiters = list(self._async_waiters)
+            self._async_waiters.clear()
+        for loop, waiter in waiters:
+            loop.call_soon_threadsafe(_wake, waiter)
+
+    @property
+    def fill(self) -> float:
+        """How full the buffer is, 0.0 to 1.0 (the larger of records and bytes)."""
+        return max(self.records / self.max_records, self.bytes / self.max_bytes)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -1,0 +1,757 @@
+"""The producer's engine, shared by the sync and async façades.
+
+Records enter through :meth:`ProducerCore.admit` from any thread; everything after that runs
+on one asyncio loop: the sender drains admitted records into per-shard queues, packs them into
+PutRecords requests (aggregated per shard), keeps many requests in flight, retries exactly the
+failed entries with backoff, and ends every record as delivered or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import threading
+import time
+from collections import Counter, deque
+from typing import Any
+
+import orjson
+
+from kingest.config import ProducerConfig
+from kingest.dlq import DeadLetterQueue, DlqEntry
+from kingest.errors import (
+    BufferFullError,
+    KinesisError,
+    ProducerClosedError,
+)
+from kingest.partition import (
+    ShardMap,
+    default_partition_key,
+    hash_key_of,
+    parse_explicit_hash_key,
+    partition_key_problem,
+)
+from kingest.producer.aggregate import Aggregator
+from kingest.producer.batch import (
+    KinesisEntry,
+    Pending,
+    encode_put_records,
+    mark_attempt,
+    stream_selector,
+)
+from kingest.producer.buffer import BufferGate
+from kingest.producer.limits import ShardRateLimiter, StreamInfo
+from kingest.producer.retry import Backoff, is_retriable_code
+from kingest.producer.shards import ShardBuffer, ShardDirectory
+from kingest.producer.stats import ProducerStats
+from kingest.producer.transport import KinesisTransport
+from kingest.record import Delivery, DlqReason, Outcome, RecordFuture, RecordResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "default"
+# How often the shard map may be re-read after a record landed on an unexpected shard.
+SHARD_MAP_MIN_REFRESH_S = 1.0
+
+
+class ProducerCore:
+    """Buffers, batches and sends records for one stream. Not used directly: see Producer.
+
+    Args:
+        stream: stream name or ARN.
+        config: producer settings.
+        transport: the Kinesis wire.
+        dlq: where records that cannot be delivered go.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        config: ProducerConfig,
+        transport: KinesisTransport,
+        dlq: DeadLetterQueue,
+    ) -> None:
+        self.stream = stream
+        self.config = config
+        self.transport = transport
+        self.dlq = dlq
+        self.stats = ProducerStats()
+        self.gate = BufferGate(config.max_buffer_records, config.max_buffer_bytes)
+        self.info: StreamInfo | None = None
+        self.aggregation = config.aggregation
+        self._selector = stream_selector(stream)
+        self._ttl_s = config.record_ttl_ms / 1000
+        self._linger_s = config.linger_ms / 1000
+        self._backoff = Backoff(config.retry_base_ms / 1000, config.retry_max_ms / 1000)
+        self._max_record_bytes = config.max_record_bytes or 0
+        self._inbound: deque[Pending] = deque()
+        self._directory = ShardDirectory(ShardMap([]), self._new_limiter)
+        self._aggregator = Aggregator()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._wake_event: asyncio.Event | None = None
+        self._wake_requested = False
+        self._sender_idle = True
+        self._sender: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+        self._in_flight_requests = 0
+        self._closed = False
+        self._stopping = False
+        self._flush_waiters = 0
+        self._generation = 0
+        self._undone: Counter[int] = Counter()
+        self._done_event: asyncio.Event | None = None
+        self._last_map_refresh = 0.0
+        self._map_lock: asyncio.Lock | None = None
+        self._dlq_backlog: list[DlqEntry] = []
+        self._dlq_backlog_records: list[tuple[Pending, DlqReason]] = []
+        threshold_bytes = min(config.max_request_bytes, config.max_buffer_bytes // 8)
+        self._wake_bytes = max(threshold_bytes, 1)
+        self._wake_records = (
+            max(config.max_buffer_records // 8, 1)
+            if config.aggregation
+            else min(config.max_request_records, max(config.max_buffer_records // 8, 1))
+        )
+        self._inbound_bytes = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Read the stream's limits and shard map, then start the sender on this loop.
+
+        Raises:
+            StreamNotFoundError: the stream does not exist.
+            KinesisError: the stream cannot be described (access, endpoint unreachable...).
+        """
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wake_event = asyncio.Event()
+        self._done_event = asyncio.Event()
+        self._map_lock = asyncio.Lock()
+        params = _stream_params(self.stream)
+        summary = await self.transport.call("DescribeStreamSummary", params)
+        self.info = StreamInfo.from_summary(self.stream, summary)
+        if not self._max_record_bytes:
+            self._max_record_bytes = min(self.info.max_record_bytes, self.config.max_request_bytes)
+        if self.info.auto_distribution and self.aggregation:
+            log.info(
+                "Aggregation is off: the stream distributes records itself.",
+                extra={"stream": self.stream},
+            )
+            self.aggregation = False
+        await self._refresh_shard_map(force=True)
+        self._sender = asyncio.create_task(self._run(), name="kingest-sender")
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop taking records, deliver or dead-letter every one, and release resources.
+
+        Args:
+            timeout: seconds to wait for delivery; what is left then is dead-lettered with
+                reason ``shutdown``. None waits as long as the records' time-to-live.
+        """
+        if self._stopping:
+            return
+        self._closed = True
+        try:
+            await asyncio.wait_for(self.flush(), timeout)
+        except TimeoutError:
+            log.warning(
+                "Close timed out; dead-lettering what is left.",
+                extra={"stream": self.stream, "timeout_s": timeout},
+            )
+            self._abandon_all()
+        self._stopping = True
+        self._wake()
+        if self._sender is not None:
+            await self._sender
+        await self.transport.close()
+        self.dlq.close()
+
+    async def flush(self) -> None:
+        """Wait until every record admitted before this call is delivered or dead-lettered."""
+        assert self._done_event is not None
+        self._drain_inbound()
+        target = self._generation
+        self._generation += 1
+        self._flush_waiters += 1
+        try:
+            self._wake()
+            while any(n for g, n in self._undone.items() if g <= target):
+                self._done_event.clear()
+                self._check_sender()
+                await self._done_event.wait()
+        finally:
+            self._flush_waiters -= 1
+        for generation in [g for g in self._undone if g <= target and not self._undone[g]]:
+            del self._undone[generation]
+
+    def _check_sender(self) -> None:
+        if self._sender is not None and self._sender.done() and not self._sender.cancelled():
+            exc = self._sender.exception()
+            if exc is not None:
+                raise exc
+
+    # ------------------------------------------------------------------ admission
+
+    def prepare(
+        self,
+        payload: Any,
+        partition_key: str | None,
+        explicit_hash_key: str | None,
+        source: str | None,
+    ) -> Pending:
+        """Turn a put() call into a pending record; rejected records come back already done.
+
+        Raises:
+            ProducerClosedError: the producer is closed.
+        """
+        if self._closed:
+            raise ProducerClosedError("the producer is closed")
+        data = _serialize(payload)
+        compression = self.config.compression
+        if compression != "none":
+            data = _compress(data, compression)
+        if partition_key is None:
+            partition_key = default_partition_key(data)
+        source = source or DEFAULT_SOURCE
+        now = time.monotonic()
+        problem = partition_key_problem(partition_key) if isinstance(partition_key, str) else (
+            f"partition key must be a string, not {type(partition_key).__name__}"
+        )
+        hash_key = 0
+        if problem is None and explicit_hash_key is not None:
+            try:
+                hash_key = parse_explicit_hash_key(explicit_hash_key)
+            except ValueError as exc:
+                problem = str(exc)
+        elif problem is None:
+            hash_key = hash_key_of(partition_key)
+        key_text = partition_key if isinstance(partition_key, str) else str(partition_key)
+        size = len(data) + len(key_text.encode())
+        pending = Pending(data, key_text, explicit_hash_key, hash_key, source, size, now, self._ttl_s)
+        if problem is not None:
+            self._dead_letter([pending], DlqReason.INVALID_PARTITION_KEY, None, problem)
+        elif size > self._max_record_bytes:
+            self._dead_letter(
+                [pending],
+                DlqReason.RECORD_TOO_LARGE,
+                None,
+                f"record is {size} bytes (data + partition key); "
+                f"the stream takes at most {self._max_record_bytes}",
+            )
+        return pending
+
+    def admit_nowait(self, pending: Pending) -> RecordFuture:
+        """Admit a prepared record if there is room; else apply ``on_buffer_full``.
+
+        Raises:
+            BufferFullError: no room and the policy is ``block`` (the caller then waits).
+        """
+        if pending.done():
+            return pending
+        if self.gate.try_acquire(pending.size):
+            pending.held = True
+            self._enqueue(pending)
+        elif self.config.on_buffer_full == "drop_newest":
+            self._dead_letter(
+                [pending], DlqReason.BUFFER_FULL, None, "the producer's buffer was full"
+            )
+        else:
+            raise BufferFullError("the producer's buffer is full")
+        return pending
+
+    def admit_blocking(self, pending: Pending, timeout: float | None) -> RecordFuture:
+        """Admit from a thread, waiting for room under the ``block`` policy.
+
+        Raises:
+            BufferFullError: no room within ``timeout``, or called on the sender's own thread.
+        """
+        try:
+            return self.admit_nowait(pending)
+        except BufferFullError:
+            if threading.get_ident() == self._loop_thread:
+                raise BufferFullError(
+                    "the buffer is full and put() was called on the producer's own thread "
+                    "(from a callback), where waiting would deadlock"
+                ) from None
+            self._wake()
+            if not self.gate.acquire(pending.size, timeout):
+                raise
+            pending.held = True
+            self._enqueue(pending)
+            return pending
+
+    async def admit_async(self, pending: Pending, timeout: float | None) -> RecordFuture:
+        """Admit from a coroutine, awaiting room under the ``block`` policy.
+
+        Raises:
+            BufferFullError: no room within ``timeout``.
+        """
+        try:
+            return self.admit_nowait(pending)
+        except BufferFullError:
+            self._wake()
+            if not await self.gate.acquire_async(pending.size, timeout):
+                raise
+            pending.held = True
+            self._enqueue(pending)
+            return pending
+
+    def _enqueue(self, pending: Pending) -> None:
+        self._inbound.append(pending)
+        self._inbound_bytes += pending.size
+        if not self._wake_requested and (
+            self._sender_idle
+            or self._inbound_bytes >= self._wake_bytes
+            or len(self._inbound) >= self._wake_records
+        ):
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_requested or self._loop is None or self._wake_event is None:
+            return
+        self._wake_requested = True
+        if threading.get_ident() == self._loop_thread:
+            self._wake_event.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake_event.set)
+
+    # ------------------------------------------------------------------ sender loop
+
+    def _new_limiter(self) -> ShardRateLimiter | None:
+        if not self.config.rate_limit:
+            return None
+        return ShardRateLimiter(self.config.shard_bytes_per_s, self.config.shard_records_per_s)
+
+    async def _run(self) -> None:
+        assert self._wake_event is not None
+        while True:
+            self._wake_requested = False
+            self._wake_event.clear()
+            self._drain_inbound()
+            now = time.monotonic()
+            self._expire(now)
+            self._retry_dlq_backlog()
+            while self._in_flight_requests < self.config.max_in_flight_requests:
+                entries = self._build_request(now)
+                if entries is None:
+                    break
+                self._in_flight_requests += 1
+                self._sends.add(asyncio.create_task(self._send(entries)))
+            if self._stopping and not self._in_flight_requests and not self._has_work():
+                return
+            delay = self._next_wakeup(now)
+            self._sender_idle = delay is None and not self._has_work()
+            if self._inbound:
+                continue
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake_event.wait()
+            except TimeoutError:
+                pass
+
+    def _drain_inbound(self) -> None:
+        inbound = self._inbound
+        if not inbound:
+            return
+        generation = self._generation
+        directory = self._directory
+        received: Counter[str] = Counter()
+        count = 0
+        while inbound:
+            pending = inbound.popleft()
+            pending.generation = generation
+            directory.buffer_for(pending.hash_key).push(pending)
+            received[pending.source] += 1
+            count += 1
+        self._inbound_bytes = 0
+        self._undone[generation] += count
+        self.stats.received(received)
+
+    def _has_work(self) -> bool:
+        return bool(self._inbound) or self._directory.has_records()
+
+    def _should_send(self, now: float) -> bool:
+        directory = self._directory
+        if not directory.has_records():
+            return False
+        if self._flush_waiters or self._closed or self.gate.fill >= 0.5:
+            return True
+        if directory.queued_bytes >= self._wake_bytes or directory.queued >= self._wake_records:
+            return True
+        oldest = directory.oldest_enqueued()
+        if oldest is not None and now - oldest >= self._linger_s:
+            return True
+        return directory.retry_due(now)
+
+    def _next_wakeup(self, now: float) -> float | None:
+        """Seconds until something becomes sendable or expires; None when nothing waits."""
+        directory = self._directory
+        if not directory.has_records():
+            return None
+        times = []
+        oldest = directory.oldest_enqueued()
+        if oldest is not None:
+            times.append(oldest + self._linger_s)
+        times.extend(directory.blocked_until(now))
+        deadline = directory.earliest_deadline()
+        if deadline is not None:
+            times.append(deadline)
+        if not times:
+            return None
+        return max(min(times) - now, 0.001)
+
+    def _build_request(self, now: float) -> list[KinesisEntry] | None:
+        if not self._should_send(now):
+            return None
+        max_entries = self.config.max_request_records
+        max_bytes = self.config.max_request_bytes
+        strict = self.config.strict_order
+        entries: list[KinesisEntry] = []
+        request_bytes = 0
+        progress = True
+        while progress and len(entries) < max_entries and request_bytes < max_bytes:
+            progress = False
+            for buffer in self._directory.sendable(now, strict):
+                entry = self._take_entry(buffer, max_bytes - request_bytes)
+                if entry is None:
+                    continue
+                entries.append(entry)
+                request_bytes += entry.size
+                buffer.started(entry.size, now)
+                progress = True
+                if len(entries) >= max_entries or request_bytes >= max_bytes:
+                    break
+        if not entries:
+            return None
+        self._directory.rotate()
+        return entries
+
+    def _take_entry(self, buffer: ShardBuffer, room: int) -> KinesisEntry | None:
+        """Pack the next Kinesis record of one shard, no larger than ``room``."""
+        head = buffer.peek()
+        if head is None or head.size > room:
+            return None
+        if not self.aggregation:
+            return KinesisEntry.plain(buffer.pop(), buffer.shard_id)
+        limit = min(self._max_record_bytes, room)
+        aggregator = self._aggregator
+        aggregator.clear()
+        records: list[Pending] = []
+        key_bytes = len(head.partition_key.encode())
+        while True:
+            record = buffer.peek()
+            if record is None:
+                break
+            size = (
+                aggregator.size_if_added(record.partition_key, record.explicit_hash_key, record.data)
+                + key_bytes
+            )
+            if size > limit and records:
+                break
+            if size > limit:
+                # Too big to aggregate even alone; it fits plain (checked at admission).
+                return KinesisEntry.plain(buffer.pop(), buffer.shard_id)
+            aggregator.add(record.partition_key, record.explicit_hash_key, record.data)
+            records.append(buffer.pop())
+        if len(records) == 1:
+            return KinesisEntry.plain(records[0], buffer.shard_id)
+        return KinesisEntry.aggregate(records, aggregator, buffer.shard_id)
+
+    def _expire(self, now: float) -> None:
+        expired = self._directory.pop_expired(now)
+        if expired:
+            self._dead_letter(
+                expired,
+                DlqReason.TTL_EXPIRED,
+                None,
+                f"not accepted within the record time-to-live ({self.config.record_ttl_ms} ms)",
+            )
+
+    # ------------------------------------------------------------------ sending
+
+    async def _send(self, entries: list[KinesisEntry]) -> None:
+        try:
+            mark_attempt(entries)
+            body = encode_put_records(self._selector, entries)
+            try:
+                answer = await self.transport.call_raw("PutRecords", body)
+            except KinesisError as exc:
+                self.stats.request(ok=False)
+                if exc.retriable:
+                    self._retry(entries, exc.code or "TransportError")
+                else:
+                    self._dead_letter_entries(
+                        entries, DlqReason.NON_RETRYABLE_ERROR, exc.code, str(exc)
+                    )
+                return
+            self.stats.request(ok=True)
+            await self._settle(entries, answer)
+        except asyncio.CancelledError:
+            # Only close() past its timeout cancels a send; whether Kinesis stored the records
+            # is unknown, so they go to the dead-letter queue (a replay may duplicate them).
+            self._dead_letter_entries(
+                entries, DlqReason.SHUTDOWN, None, "the producer was closed mid-request"
+            )
+            raise
+        except Exception:
+            # A bug here must not strand records: they go back for another attempt.
+            log.exception("Unexpected error while sending; records will be retried.")
+            self._retry(entries, "InternalError")
+        finally:
+            for entry in entries:
+                self._directory.finished(entry.shard_id)
+            self._in_flight_requests -= 1
+            task = asyncio.current_task()
+            if task is not None:
+                self._sends.discard(task)
+            self._wake()
+
+    async def _settle(self, entries: list[KinesisEntry], answer: dict[str, Any]) -> None:
+        results = answer.get("Records")
+        if not isinstance(results, list) or len(results) != len(entries):
+            self._retry(entries, "MalformedAnswer")
+            return
+        now = time.monotonic()
+        misplaced: list[tuple[KinesisEntry, str, str]] = []
+        failed: dict[str, list[KinesisEntry]] = {}
+        final: list[tuple[KinesisEntry, str, str | None]] = []
+        delivered_sources: Counter[str] = Counter()
+        delivered_bytes: Counter[str] = Counter()
+        delivered_entries = 0
+        for entry, result in zip(entries, results, strict=True):
+            code = result.get("ErrorCode")
+            if code:
+                if is_retriable_code(code):
+                    failed.setdefault(code, []).append(entry)
+                else:
+                    final.append((entry, code, result.get("ErrorMessage")))
+                continue
+            shard_id = str(result.get("ShardId"))
+            sequence = str(result.get("SequenceNumber"))
+            if entry.aggregated and shard_id != entry.shard_id:
+                misplaced.append((entry, shard_id, sequence))
+                continue
+            self._directory.succeeded(entry.shard_id)
+            self._deliver(entry.records, entry.aggregated, shard_id, sequence)
+            delivered_entries += 1
+            for record in entry.records:
+                delivered_sources[record.source] += 1
+                delivered_bytes[record.source] += record.size
+        if delivered_entries:
+            self.stats.delivered(delivered_sources, delivered_bytes, delivered_entries)
+        for code, group in failed.items():
+            self._retry(group, code, now)
+        for entry, code, message in final:
+            self._dead_letter(entry.records, DlqReason.NON_RETRYABLE_ERROR, code, message)
+        if misplaced:
+            await self._resolve_misplaced(misplaced)
+
+    def _deliver(
+        self, records: list[Pending], aggregated: bool, shard_id: str, sequence: str
+    ) -> None:
+        delivery = Delivery(shard_id, sequence, aggregated)
+        for index, record in enumerate(records):
+            record.set_delivered(delivery, index, record.attempts)
+        self._finished(records)
+
+    async def _resolve_misplaced(self, misplaced: list[tuple[KinesisEntry, str, str]]) -> None:
+        """An aggregate landed on another shard than predicted: the shard map is stale.
+
+        Sub-records whose hash lies outside the shard that stored them would be discarded by
+        KCL consumers, so they are sent again after the map is re-read; the others are done.
+        """
+        await self._refresh_shard_map(force=False)
+        directory = self._directory
+        resend: list[Pending] = []
+        for entry, shard_id, sequence in misplaced:
+            shard = directory.shard(shard_id)
+            kept = [r for r in entry.records if shard is None or shard.owns(r.hash_key)]
+            moved = [r for r in entry.records if shard is not None and not shard.owns(r.hash_key)]
+            if kept:
+                self._deliver(kept, True, shard_id, sequence)
+                self.stats.delivered(Counter(r.source for r in kept), Counter(), 1)
+            resend.extend(moved)
+        if resend:
+            log.warning(
+                "Re-sending records that landed on the wrong shard after resharding.",
+                extra={"records": len(resend)},
+            )
+            self.stats.retried(Counter(r.source for r in resend), "WrongShard")
+            for record in resend:
+                directory.buffer_for(record.hash_key).push_retry(record)
+
+    def _retry(self, entries: list[KinesisEntry], code: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        sources: Counter[str] = Counter()
+        expired: list[Pending] = []
+        for entry in entries:
+            self._directory.failed(entry.shard_id, now, self._backoff)
+            for record in entry.records:
+                if record.deadline <= now:
+                    expired.append(record)
+                    continue
+                sources[record.source] += 1
+                self._directory.buffer_for(record.hash_key).push_retry(record)
+        if sources:
+            self.stats.retried(sources, code)
+        if expired:
+            self._dead_letter(
+                expired,
+                DlqReason.TTL_EXPIRED,
+                code,
+                f"still failing ({code}) when the record time-to-live "
+                f"({self.config.record_ttl_ms} ms) ran out",
+            )
+
+    async def _refresh_shard_map(self, *, force: bool) -> None:
+        assert self._map_lock is not None
+        async with self._map_lock:
+            now = time.monotonic()
+            if not force and now - self._last_map_refresh < SHARD_MAP_MIN_REFRESH_S:
+                return
+            shards: list[dict[str, Any]] = []
+            params: dict[str, Any] = _stream_params(self.stream)
+            while True:
+                answer = await self.transport.call("ListShards", params)
+                shards.extend(answer.get("Shards", []))
+                token = answer.get("NextToken")
+                if not token:
+                    break
+                params = {"NextToken": token}
+            self._directory.replace_map(ShardMap.from_list_shards(shards))
+            self._last_map_refresh = time.monotonic()
+
+    # ------------------------------------------------------------------ endings
+
+    def _dead_letter_entries(
+        self, entries: list[KinesisEntry], reason: DlqReason, code: str | None, message: str
+    ) -> None:
+        records = [record for entry in entries for record in entry.records]
+        self._dead_letter(records, reason, code, message)
+
+    def _dead_letter(
+        self,
+        records: list[Pending],
+        reason: DlqReason,
+        code: str | None,
+        message: str | None,
+    ) -> None:
+        """Write records to the dead-letter queue, then resolve them. Any thread."""
+        now = time.time()
+        entries = [
+            DlqEntry(
+                reason=reason,
+                error_code=code,
+                error_message=message,
+                attempts=record.attempts,
+                source=record.source,
+                stream=self.stream,
+                partition_key=record.partition_key,
+                explicit_hash_key=record.explicit_hash_key,
+                payload=record.data,
+                first_attempt_at=record.first_attempt_at,
+                last_attempt_at=record.last_attempt_at,
+                dead_lettered_at=now,
+            )
+            for record in records
+        ]
+        try:
+            self.dlq.write(entries)
+        except OSError:
+            # Not durable anywhere yet: keep the records and try again, never report them done.
+            log.exception(
+                "Cannot write to the dead-letter queue; records are kept and retried.",
+                extra={"dlq": str(self.dlq.directory), "records": len(records)},
+            )
+            self._dlq_backlog.extend(entries)
+            self._dlq_backlog_records.extend((record, reason) for record in records)
+            return
+        self._resolve_dead_lettered(records, reason, code, message)
+
+    def _resolve_dead_lettered(
+        self, records: list[Pending], reason: DlqReason, code: str | None, message: str | None
+    ) -> None:
+        for record in records:
+            record.set_result(
+                RecordResult(
+                    Outcome.DEAD_LETTERED,
+                    reason=reason,
+                    error_code=code,
+                    error_message=message,
+                    attempts=record.attempts,
+                )
+            )
+        self.stats.dead_lettered(Counter(r.source for r in records), reason.value)
+        self._finished(records)
+
+    def _retry_dlq_backlog(self) -> None:
+        if not self._dlq_backlog:
+            return
+        entries, self._dlq_backlog = self._dlq_backlog, []
+        records, self._dlq_backlog_records = self._dlq_backlog_records, []
+        try:
+            self.dlq.write(entries)
+        except OSError:
+            self._dlq_backlog, self._dlq_backlog_records = entries, records
+            return
+        for record, reason in records:
+            self._resolve_dead_lettered([record], reason, None, None)
+
+    def _finished(self, records: list[Pending]) -> None:
+        """Release the buffer room of done records and let flush() waiters re-check."""
+        held_records = 0
+        held_bytes = 0
+        undone = self._undone
+        counted = False
+        for record in records:
+            if record.held:
+                record.held = False
+                held_records += 1
+                held_bytes += record.size
+            if record.generation >= 0:
+                undone[record.generation] -= 1
+                counted = True
+        if held_records:
+            self.gate.release(held_records, held_bytes)
+        if counted and self._done_event is not None:
+            self._done_event.set()
+
+    def _abandon_all(self) -> None:
+        """Dead-letter every record not yet done (close() ran out of time)."""
+        self._drain_inbound()
+        waiting = self._directory.pop_all()
+        if waiting:
+            self._dead_letter(
+                waiting, DlqReason.SHUTDOWN, None, "the producer was closed before delivery"
+            )
+        for task in list(self._sends):
+            task.cancel()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Statistics: the seed's get_stats() fields and more."""
+        return self.stats.snapshot(self.gate.records, self.gate.bytes)
+
+
+def _stream_params(stream: str) -> dict[str, Any]:
+    return {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
+
+
+def _serialize(payload: Any) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return orjson.dumps(payload)
+
+
+def _compress(data: bytes, method: str) -> bytes:
+    if method == "gzip":
+        return gzip.compress(data, compresslevel=6, mtime=0)
+    import zstandard
+
+    compressed: bytes = zstandard.ZstdCompressor().compress(data)
+    return compressed

@@ -1,0 +1,234 @@
+"""Per-shard queues of records waiting to be sent, with each shard's backoff and rate limit.
+
+Records are grouped by the shard their hash key maps to, so that an aggregated Kinesis record
+only ever carries records of one shard. A shard that just failed backs off as a whole (sending
+it more would only fail more); in strict-order mode a shard also has at most one Kinesis record
+in flight, and its retries go out before anything queued after them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+
+from kingest.partition import Shard, ShardMap
+from kingest.producer.batch import Pending
+from kingest.producer.limits import ShardRateLimiter
+from kingest.producer.retry import Backoff
+
+
+class ShardBuffer:
+    """Records waiting for one shard: retries first, then new records, in order."""
+
+    __slots__ = (
+        "_directory",
+        "failures",
+        "limiter",
+        "not_before",
+        "queue",
+        "retries",
+        "shard_id",
+    )
+
+    def __init__(
+        self, shard_id: str, directory: ShardDirectory, limiter: ShardRateLimiter | None
+    ) -> None:
+        self.shard_id = shard_id
+        self._directory = directory
+        self.queue: deque[Pending] = deque()
+        self.retries: deque[Pending] = deque()
+        self.not_before = 0.0
+        self.failures = 0
+        self.limiter = limiter
+
+    def __bool__(self) -> bool:
+        return bool(self.queue) or bool(self.retries)
+
+    def push(self, record: Pending) -> None:
+        """Queue a new record."""
+        self.queue.append(record)
+        self._directory.queued += 1
+        self._directory.queued_bytes += record.size
+
+    def push_retry(self, record: Pending) -> None:
+        """Queue a record for another attempt, ahead of new records."""
+        self.retries.append(record)
+        self._directory.queued += 1
+        self._directory.queued_bytes += record.size
+
+    def peek(self) -> Pending | None:
+        """The next record to send, or None."""
+        if self.retries:
+            return self.retries[0]
+        return self.queue[0] if self.queue else None
+
+    def pop(self) -> Pending:
+        """Take the next record to send."""
+        record = self.retries.popleft() if self.retries else self.queue.popleft()
+        self._directory.queued -= 1
+        self._directory.queued_bytes -= record.size
+        return record
+
+    def started(self, n_bytes: int, now: float) -> None:
+        """Account a Kinesis record of this shard going out."""
+        self._directory.in_flight[self.shard_id] += 1
+        if self.limiter is not None:
+            self.limiter.take(n_bytes, now)
+
+    def oldest(self) -> float | None:
+        """Enqueue time of the oldest waiting record."""
+        head = self.peek()
+        return None if head is None else min(
+            head.enqueued_at, self.queue[0].enqueued_at if self.queue else head.enqueued_at
+        )
+
+    def drain(self) -> Iterator[Pending]:
+        """Take every waiting record (retries first), emptying the buffer."""
+        while self:
+            yield self.pop()
+
+
+class ShardDirectory:
+    """Every open shard's buffer, and the totals the sender decides with."""
+
+    def __init__(
+        self, shard_map: ShardMap, new_limiter: Callable[[], ShardRateLimiter | None]
+    ) -> None:
+        self._new_limiter = new_limiter
+        self.map = shard_map
+        self.queued = 0
+        self.queued_bytes = 0
+        self.in_flight: Counter[str] = Counter()
+        self._buffers: dict[str, ShardBuffer] = {}
+        self._order: list[ShardBuffer] = []
+        self._rotation = 0
+        self.replace_map(shard_map)
+
+    def replace_map(self, shard_map: ShardMap) -> None:
+        """Adopt a new shard map; records of shards that closed move to their successors."""
+        old = self._buffers
+        self.map = shard_map
+        self._buffers = {
+            shard.shard_id: old.get(shard.shard_id)
+            or ShardBuffer(shard.shard_id, self, self._new_limiter())
+            for shard in shard_map.shards
+        }
+        self._order = list(self._buffers.values())
+        for shard_id, buffer in old.items():
+            if shard_id in self._buffers:
+                continue
+            for record in list(buffer.drain()):
+                self.buffer_for(record.hash_key).push_retry(record)
+
+    def buffer_for(self, hash_key: int) -> ShardBuffer:
+        """The buffer of the shard that owns ``hash_key``."""
+        return self._buffers[self.map.shard_for(hash_key).shard_id]
+
+    def shard(self, shard_id: str) -> Shard | None:
+        """The open shard with this id, if the map knows it."""
+        return self.map.get(shard_id)
+
+    def has_records(self) -> bool:
+        """True when any record waits in any shard buffer."""
+        return self.queued > 0
+
+    def sendable(self, now: float, strict: bool) -> list[ShardBuffer]:
+        """Buffers that may send a Kinesis record now, in fair rotating order."""
+        order = self._order
+        start = self._rotation % len(order) if order else 0
+        ready = []
+        for buffer in order[start:] + order[:start]:
+            if not buffer or buffer.not_before > now:
+                continue
+            if strict and self.in_flight[buffer.shard_id]:
+                continue
+            if buffer.limiter is not None and not buffer.limiter.ready(now):
+                continue
+            ready.append(buffer)
+        return ready
+
+    def rotate(self) -> None:
+        """Start the next request with the next shard, so no shard is always last."""
+        self._rotation += 1
+
+    def retry_due(self, now: float) -> bool:
+        """True when some shard has retries whose backoff is over."""
+        return any(b.retries and b.not_before <= now for b in self._order)
+
+    def oldest_enqueued(self) -> float | None:
+        """Enqueue time of the oldest waiting record over every shard."""
+        oldest: float | None = None
+        for buffer in self._order:
+            when = buffer.oldest()
+            if when is not None and (oldest is None or when < oldest):
+                oldest = when
+        return oldest
+
+    def blocked_until(self, now: float) -> list[float]:
+        """When each shard that has records but may not send now may send again."""
+        times = []
+        for buffer in self._order:
+            if not buffer:
+                continue
+            if buffer.not_before > now:
+                times.append(buffer.not_before)
+            elif buffer.limiter is not None and not buffer.limiter.ready(now):
+                times.append(now + buffer.limiter.wait_s(now))
+        return times
+
+    def earliest_deadline(self) -> float | None:
+        """The soonest time-to-live deadline of any waiting record."""
+        earliest: float | None = None
+        for buffer in self._order:
+            candidates = [r.deadline for r in buffer.retries]
+            if buffer.queue:
+                candidates.append(buffer.queue[0].deadline)
+            for deadline in candidates:
+                if earliest is None or deadline < earliest:
+                    earliest = deadline
+        return earliest
+
+    def pop_expired(self, now: float) -> list[Pending]:
+        """Remove and return every waiting record whose time-to-live has passed."""
+        expired: list[Pending] = []
+        for buffer in self._order:
+            if buffer.retries and any(r.deadline <= now for r in buffer.retries):
+                keep = deque(r for r in buffer.retries if r.deadline > now)
+                gone = [r for r in buffer.retries if r.deadline <= now]
+                buffer.retries = keep
+                self.queued -= len(gone)
+                self.queued_bytes -= sum(r.size for r in gone)
+                expired.extend(gone)
+            queue = buffer.queue
+            while queue and queue[0].deadline <= now:
+                record = queue.popleft()
+                self.queued -= 1
+                self.queued_bytes -= record.size
+                expired.append(record)
+        return expired
+
+    def pop_all(self) -> list[Pending]:
+        """Remove and return every waiting record."""
+        records: list[Pending] = []
+        for buffer in self._order:
+            records.extend(buffer.drain())
+        return records
+
+    def failed(self, shard_id: str, now: float, backoff: Backoff) -> None:
+        """A Kinesis record of this shard failed: the shard backs off."""
+        buffer = self._buffers.get(shard_id)
+        if buffer is not None:
+            buffer.failures += 1
+            buffer.not_before = max(buffer.not_before, now + backoff.delay(buffer.failures))
+
+    def succeeded(self, shard_id: str) -> None:
+        """A Kinesis record of this shard was accepted: its backoff starts over."""
+        buffer = self._buffers.get(shard_id)
+        if buffer is not None:
+            buffer.failures = 0
+
+    def finished(self, shard_id: str) -> None:
+        """A Kinesis record of this shard is no longer in flight."""
+        self.in_flight[shard_id] -= 1
+        if self.in_flight[shard_id] <= 0:
+            del self.in_flight[shard_id]
