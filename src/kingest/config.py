@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -70,7 +71,7 @@ class ProducerConfig(BaseModel):
         ),
     )
     max_in_flight_requests: int = Field(
-        16, ge=1, le=256, description="PutRecords requests in flight at once."
+        8, ge=1, le=256, description="PutRecords requests in flight at once."
     )
     rate_limit: bool = Field(
         True, description="Keep each shard under its write limits to avoid throttling."
@@ -117,11 +118,8 @@ class ProducerConfig(BaseModel):
             problems.append("retry_max_ms must be at least retry_base_ms")
         if self.max_record_bytes is not None and self.max_record_bytes > self.max_request_bytes:
             problems.append("max_record_bytes cannot exceed max_request_bytes")
-        if self.compression == "zstd":
-            try:
-                import zstandard  # noqa: F401
-            except ImportError:
-                problems.append("compression zstd needs the zstandard package (pip install zstandard)")
+        if self.compression == "zstd" and importlib.util.find_spec("zstandard") is None:
+            problems.append("compression zstd needs the zstandard package (pip install zstandard)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

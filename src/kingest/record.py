@@ -91,7 +91,8 @@ class RecordResult:
         return self.outcome is Outcome.DELIVERED
 
 
-_PENDING = object()
+# The value of a future's result slot until it is done.
+PENDING: Any = object()
 
 
 class Delivery:
@@ -117,15 +118,14 @@ class RecordFuture:
     __slots__ = ("_attempts", "_callbacks", "_event", "_index", "_result")
 
     def __init__(self) -> None:
-        self._result: Any = _PENDING
+        self._result: Any = PENDING
         self._callbacks: list[Callable[[RecordFuture], None]] | None = None
         self._event: threading.Event | None = None
-        self._index = 0
-        self._attempts = 0
+        # _index and _attempts are set with a Delivery result, the only time they are read.
 
     def done(self) -> bool:
         """True once the record is delivered or dead-lettered."""
-        return self._result is not _PENDING
+        return self._result is not PENDING
 
     def _final(self) -> RecordResult:
         result = self._result
@@ -146,28 +146,28 @@ class RecordFuture:
         Raises:
             TimeoutError: the record was not done within ``timeout`` seconds.
         """
-        if self._result is _PENDING:
+        if self._result is PENDING:
             event = self._event
             if event is None:
                 with _EVENT_LOCK:
                     if self._event is None:
                         self._event = threading.Event()
                     event = self._event
-            if self._result is _PENDING and not event.wait(timeout):
+            if self._result is PENDING and not event.wait(timeout):
                 raise TimeoutError("record not done in time")
         return self._final()
 
     def add_done_callback(self, callback: Callable[[RecordFuture], None]) -> None:
         """Call ``callback(self)`` once done (at once if already done)."""
         with _EVENT_LOCK:
-            pending = self._result is _PENDING
+            pending = self._result is PENDING
             if pending:
                 if self._callbacks is None:
                     self._callbacks = []
                 self._callbacks.append(callback)
         if not pending:
             callback(self)
-        elif self._result is not _PENDING:
+        elif self._result is not PENDING:
             # Completed while we appended, possibly without seeing our callback.
             self._run_callbacks()
 
@@ -189,7 +189,7 @@ class RecordFuture:
         self._complete(delivery)
 
     def _complete(self, value: Any) -> None:
-        if self._result is not _PENDING:
+        if self._result is not PENDING:
             return
         if self._event is None and self._callbacks is None:
             self._result = value
@@ -204,7 +204,7 @@ class RecordFuture:
         self._run_callbacks()
 
     def __await__(self) -> Generator[Any, None, RecordResult]:
-        if self._result is _PENDING:
+        if self._result is PENDING:
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[None] = loop.create_future()
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --endpoint-url, --region and --profile (the standard AWS configuration is the default)."""
+    """Add --endpoint-url, --region and --profile (default: the standard AWS configuration)."""
     group = parser.add_argument_group("AWS")
     group.add_argument(
         "--endpoint-url",
@@ -14,3 +15,60 @@ def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--region", help="AWS region (default: AWS_REGION / profile)")
     group.add_argument("--profile", help="named profile of the AWS configuration files")
+
+
+def add_producer_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the producer settings a command-line user may want to change."""
+    group = parser.add_argument_group("producer")
+    group.add_argument(
+        "--no-aggregate",
+        dest="aggregation",
+        action="store_false",
+        help="send one Kinesis record per input record (no KPL aggregation)",
+    )
+    group.add_argument(
+        "--strict-order", action="store_true", help="keep per-shard order through retries"
+    )
+    group.add_argument("--linger-ms", type=int, help="longest wait for a fuller batch (100)")
+    group.add_argument("--max-in-flight", type=int, help="PutRecords requests in flight (8)")
+    group.add_argument(
+        "--max-request-bytes",
+        type=int,
+        help="bytes per PutRecords request (5 MiB; 10 MiB on streams that allow it)",
+    )
+    group.add_argument(
+        "--record-ttl-ms", type=int, help="give up on a record after this long (300000)"
+    )
+    group.add_argument(
+        "--no-rate-limit",
+        dest="rate_limit",
+        action="store_false",
+        help="do not pace each shard to its write limits",
+    )
+    group.add_argument(
+        "--compression", choices=("none", "gzip", "zstd"), help="compress each record's data"
+    )
+    group.add_argument(
+        "--dlq-dir", help="dead-letter directory (default: kingest-dlq in the working directory)"
+    )
+
+
+def producer_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """ProducerConfig fields from the arguments added by :func:`add_producer_arguments`."""
+    mapping = {
+        "aggregation": "aggregation",
+        "strict_order": "strict_order",
+        "linger_ms": "linger_ms",
+        "max_in_flight": "max_in_flight_requests",
+        "max_request_bytes": "max_request_bytes",
+        "record_ttl_ms": "record_ttl_ms",
+        "rate_limit": "rate_limit",
+        "compression": "compression",
+        "dlq_dir": "dlq_dir",
+    }
+    settings: dict[str, Any] = {}
+    for arg, field in mapping.items():
+        value = getattr(args, arg, None)
+        if value is not None:
+            settings[field] = value
+    return settings

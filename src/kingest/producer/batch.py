@@ -8,12 +8,11 @@ plain, or several aggregated (KPL format) into one Kinesis record bound for one 
 from __future__ import annotations
 
 import base64
-import time
 
 import orjson
 
 from kingest.producer.aggregate import Aggregator
-from kingest.record import RecordFuture
+from kingest.record import PENDING, RecordFuture
 
 _b64encode = base64.b64encode
 _dumps = orjson.dumps
@@ -26,7 +25,6 @@ class Pending(RecordFuture):
         "attempts",
         "data",
         "deadline",
-        "enqueued_at",
         "explicit_hash_key",
         "first_attempt_at",
         "generation",
@@ -46,10 +44,12 @@ class Pending(RecordFuture):
         hash_key: int,
         source: str,
         size: int,
-        now: float,
-        ttl_s: float,
+        deadline: float,
     ) -> None:
-        RecordFuture.__init__(self)
+        # RecordFuture's fields, set here rather than through a second __init__ call.
+        self._result = PENDING
+        self._callbacks = None
+        self._event = None
         self.data = data
         self.partition_key = partition_key
         self.explicit_hash_key = explicit_hash_key
@@ -57,15 +57,14 @@ class Pending(RecordFuture):
         self.source = source
         # Kinesis counts data plus partition key against the record and request limits.
         self.size = size
-        self.enqueued_at = now
-        self.deadline = now + ttl_s
+        self.deadline = deadline
         self.attempts = 0
         self.first_attempt_at: float | None = None
         self.last_attempt_at: float | None = None
-        # Set when the record is drained into a shard queue; -1 until then.
-        self.generation = -1
-        # True while the record holds room in the producer's buffer.
+        # True while the record holds room in the producer's buffer; such a record also gets
+        # a flush generation when it is drained into a shard queue.
         self.held = False
+        self.generation = 0
 
 
 class KinesisEntry:
@@ -107,7 +106,9 @@ class KinesisEntry:
         )
 
     @classmethod
-    def aggregate(cls, records: list[Pending], aggregator: Aggregator, shard_id: str) -> KinesisEntry:
+    def aggregate(
+        cls, records: list[Pending], aggregator: Aggregator, shard_id: str
+    ) -> KinesisEntry:
         """An entry carrying ``records`` (already added to ``aggregator``) as one KPL record.
 
         The Kinesis record takes the first record's partition key, and its explicit hash key
@@ -147,14 +148,3 @@ def encode_put_records(selector: bytes, entries: list[KinesisEntry]) -> bytes:
         parts.append(b"}")
     parts.append(b"]}")
     return b"".join(parts)
-
-
-def mark_attempt(entries: list[KinesisEntry]) -> None:
-    """Stamp every record of a request with one more attempt."""
-    now = time.time()
-    for entry in entries:
-        for record in entry.records:
-            record.attempts += 1
-            if record.first_attempt_at is None:
-                record.first_attempt_at = now
-            record.last_attempt_at = now

@@ -25,11 +25,9 @@ class BufferGate:
         self.max_bytes = max_bytes
         self.records = 0
         self.bytes = 0
-        self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
-        self._async_waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = (
-            deque()
-        )
+        self.lock = threading.Lock()
+        self._room = threading.Condition(self.lock)
+        self._async_waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
 
     def _fits(self, n_bytes: int) -> bool:
         if self.records >= self.max_records:
@@ -38,7 +36,7 @@ class BufferGate:
 
     def try_acquire(self, n_bytes: int) -> bool:
         """Take room for one record of ``n_bytes`` if there is some now."""
-        with self._lock:
+        with self.lock:
             if not self._fits(n_bytes):
                 return False
             self.records += 1
@@ -63,7 +61,7 @@ class BufferGate:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            with self._lock:
+            with self.lock:
                 if self._fits(n_bytes):
                     self.records += 1
                     self.bytes += n_bytes
@@ -80,7 +78,7 @@ class BufferGate:
 
     def release(self, n_records: int, n_bytes: int) -> None:
         """Give back the room of finished records and wake whoever waits for it."""
-        with self._lock:
+        with self.lock:
             self.records -= n_records
             self.bytes -= n_bytes
             self._room.notify_all()

@@ -13,7 +13,9 @@ import gzip
 import logging
 import threading
 import time
+from bisect import bisect_right
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -37,16 +39,15 @@ from kingest.producer.batch import (
     KinesisEntry,
     Pending,
     encode_put_records,
-    mark_attempt,
     stream_selector,
 )
 from kingest.producer.buffer import BufferGate
-from kingest.producer.limits import ShardRateLimiter, StreamInfo
+from kingest.producer.limits import PARTITION_KEY_MAX_CHARS, ShardRateLimiter, StreamInfo
 from kingest.producer.retry import Backoff, is_retriable_code
 from kingest.producer.shards import ShardBuffer, ShardDirectory
 from kingest.producer.stats import ProducerStats
 from kingest.producer.transport import KinesisTransport
-from kingest.record import Delivery, DlqReason, Outcome, RecordFuture, RecordResult
+from kingest.record import PENDING, Delivery, DlqReason, Outcome, RecordFuture, RecordResult
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class ProducerCore:
         self.aggregation = config.aggregation
         self._selector = stream_selector(stream)
         self._ttl_s = config.record_ttl_ms / 1000
+        self._compression = _compressor(config.compression)
         self._linger_s = config.linger_ms / 1000
         self._backoff = Backoff(config.retry_base_ms / 1000, config.retry_max_ms / 1000)
         self._max_record_bytes = config.max_record_bytes or 0
@@ -208,39 +210,90 @@ class ProducerCore:
         """
         if self._closed:
             raise ProducerClosedError("the producer is closed")
-        data = _serialize(payload)
-        compression = self.config.compression
-        if compression != "none":
-            data = _compress(data, compression)
+        data = payload if type(payload) is bytes else _serialize(payload)
+        if self._compression is not None:
+            data = self._compression(data)
         if partition_key is None:
             partition_key = default_partition_key(data)
+        deadline = time.monotonic() + self._ttl_s
         source = source or DEFAULT_SOURCE
-        now = time.monotonic()
-        problem = partition_key_problem(partition_key) if isinstance(partition_key, str) else (
-            f"partition key must be a string, not {type(partition_key).__name__}"
-        )
+        # The common case first: a valid ASCII key and no explicit hash key.
+        if (
+            explicit_hash_key is None
+            and type(partition_key) is str
+            and 0 < len(partition_key) <= PARTITION_KEY_MAX_CHARS
+            and partition_key.isascii()
+        ):
+            size = len(data) + len(partition_key)
+            pending = Pending(
+                data, partition_key, None, hash_key_of(partition_key), source, size, deadline
+            )
+            if size > self._max_record_bytes:
+                self._reject_too_large(pending)
+            return pending
+        return self._prepare_slow(data, partition_key, explicit_hash_key, source, deadline)
+
+    def _prepare_slow(
+        self,
+        data: bytes,
+        partition_key: Any,
+        explicit_hash_key: str | None,
+        source: str,
+        deadline: float,
+    ) -> Pending:
+        if isinstance(partition_key, str):
+            problem = partition_key_problem(partition_key)
+            key_text = partition_key
+        else:
+            problem = f"partition key must be a string, not {type(partition_key).__name__}"
+            key_text = str(partition_key)
         hash_key = 0
         if problem is None and explicit_hash_key is not None:
             try:
                 hash_key = parse_explicit_hash_key(explicit_hash_key)
-            except ValueError as exc:
-                problem = str(exc)
+            except (ValueError, AttributeError, TypeError) as exc:
+                problem = f"explicit hash key: {exc}"
         elif problem is None:
-            hash_key = hash_key_of(partition_key)
-        key_text = partition_key if isinstance(partition_key, str) else str(partition_key)
-        size = len(data) + len(key_text.encode())
-        pending = Pending(data, key_text, explicit_hash_key, hash_key, source, size, now, self._ttl_s)
+            hash_key = hash_key_of(key_text)
+        try:
+            key_bytes = len(key_text.encode())
+        except UnicodeEncodeError:
+            key_bytes = len(key_text.encode(errors="replace"))
+            problem = problem or "partition key is not valid Unicode (lone surrogates)"
+        size = len(data) + key_bytes
+        ehk = explicit_hash_key if isinstance(explicit_hash_key, str) else None
+        pending = Pending(data, key_text, ehk, hash_key, source, size, deadline)
         if problem is not None:
             self._dead_letter([pending], DlqReason.INVALID_PARTITION_KEY, None, problem)
         elif size > self._max_record_bytes:
-            self._dead_letter(
-                [pending],
-                DlqReason.RECORD_TOO_LARGE,
-                None,
-                f"record is {size} bytes (data + partition key); "
-                f"the stream takes at most {self._max_record_bytes}",
-            )
+            self._reject_too_large(pending)
         return pending
+
+    def reject(
+        self,
+        payload: Any,
+        reason: DlqReason,
+        message: str,
+        source: str | None,
+        partition_key: str | None,
+    ) -> RecordFuture:
+        """Dead-letter a record that never reached the producer (e.g. it failed to parse)."""
+        data = payload if type(payload) is bytes else _serialize(payload)
+        key = partition_key or ""
+        pending = Pending(
+            data, key, None, 0, source or DEFAULT_SOURCE, len(data) + len(key.encode()), 0.0
+        )
+        self._dead_letter([pending], reason, None, message)
+        return pending
+
+    def _reject_too_large(self, pending: Pending) -> None:
+        self._dead_letter(
+            [pending],
+            DlqReason.RECORD_TOO_LARGE,
+            None,
+            f"record is {pending.size} bytes (data + partition key); "
+            f"the stream takes at most {self._max_record_bytes}",
+        )
 
     def admit_nowait(self, pending: Pending) -> RecordFuture:
         """Admit a prepared record if there is room; else apply ``on_buffer_full``.
@@ -248,9 +301,18 @@ class ProducerCore:
         Raises:
             BufferFullError: no room and the policy is ``block`` (the caller then waits).
         """
-        if pending.done():
-            return pending
-        if self.gate.try_acquire(pending.size):
+        if pending._result is not PENDING:
+            return pending  # rejected in prepare(): already dead-lettered
+        gate = self.gate
+        size = pending.size
+        with gate.lock:
+            admitted = gate.records < gate.max_records and (
+                gate.records == 0 or gate.bytes + size <= gate.max_bytes
+            )
+            if admitted:
+                gate.records += 1
+                gate.bytes += size
+        if admitted:
             pending.held = True
             self._enqueue(pending)
         elif self.config.on_buffer_full == "drop_newest":
@@ -352,19 +414,32 @@ class ProducerCore:
                 pass
 
     def _drain_inbound(self) -> None:
+        """Move admitted records into the queue of the shard their hash key maps to."""
         inbound = self._inbound
         if not inbound:
             return
         generation = self._generation
         directory = self._directory
-        received: Counter[str] = Counter()
+        buffers = directory.by_index
+        starts = directory.starts
+        single = buffers[0] if len(buffers) == 1 else None
+        popleft = inbound.popleft
+        received: dict[str, int] = {}
         count = 0
+        total_bytes = 0
         while inbound:
-            pending = inbound.popleft()
-            pending.generation = generation
-            directory.buffer_for(pending.hash_key).push(pending)
-            received[pending.source] += 1
+            record = popleft()
+            record.generation = generation
+            if single is not None:
+                single.queue.append(record)
+            else:
+                # Shard ranges start at 0 and tile the hash space, so index >= 0.
+                buffers[bisect_right(starts, record.hash_key) - 1].queue.append(record)
+            total_bytes += record.size
+            received[record.source] = received.get(record.source, 0) + 1
             count += 1
+        directory.queued += count
+        directory.queued_bytes += total_bytes
         self._inbound_bytes = 0
         self._undone[generation] += count
         self.stats.received(received)
@@ -380,8 +455,8 @@ class ProducerCore:
             return True
         if directory.queued_bytes >= self._wake_bytes or directory.queued >= self._wake_records:
             return True
-        oldest = directory.oldest_enqueued()
-        if oldest is not None and now - oldest >= self._linger_s:
+        oldest = directory.oldest_deadline()
+        if oldest is not None and now >= oldest - self._ttl_s + self._linger_s:
             return True
         return directory.retry_due(now)
 
@@ -391,9 +466,9 @@ class ProducerCore:
         if not directory.has_records():
             return None
         times = []
-        oldest = directory.oldest_enqueued()
+        oldest = directory.oldest_deadline()
         if oldest is not None:
-            times.append(oldest + self._linger_s)
+            times.append(oldest - self._ttl_s + self._linger_s)
         times.extend(directory.blocked_until(now))
         deadline = directory.earliest_deadline()
         if deadline is not None:
@@ -409,17 +484,19 @@ class ProducerCore:
         max_bytes = self.config.max_request_bytes
         strict = self.config.strict_order
         entries: list[KinesisEntry] = []
+        taken: set[str] = set()
         request_bytes = 0
         progress = True
         while progress and len(entries) < max_entries and request_bytes < max_bytes:
             progress = False
-            for buffer in self._directory.sendable(now, strict):
+            for buffer in self._directory.sendable(now, strict, taken):
                 entry = self._take_entry(buffer, max_bytes - request_bytes)
                 if entry is None:
                     continue
                 entries.append(entry)
                 request_bytes += entry.size
                 buffer.started(entry.size, now)
+                taken.add(buffer.shard_id)
                 progress = True
                 if len(entries) >= max_entries or request_bytes >= max_bytes:
                     break
@@ -435,26 +512,35 @@ class ProducerCore:
             return None
         if not self.aggregation:
             return KinesisEntry.plain(buffer.pop(), buffer.shard_id)
-        limit = min(self._max_record_bytes, room)
+        # The aggregate's own partition key (the first record's) counts against the limit.
+        limit = min(self._max_record_bytes, room) - (head.size - len(head.data))
         aggregator = self._aggregator
         aggregator.clear()
+        add_if_fits = aggregator.add_if_fits
         records: list[Pending] = []
-        key_bytes = len(head.partition_key.encode())
-        while True:
-            record = buffer.peek()
-            if record is None:
+        append = records.append
+        taken_bytes = 0
+        full = False
+        for queue in (buffer.retries, buffer.queue):
+            popleft = queue.popleft
+            while queue:
+                record = queue[0]
+                if not add_if_fits(
+                    record.partition_key, record.explicit_hash_key, record.data, limit
+                ):
+                    full = True
+                    break
+                popleft()
+                append(record)
+                taken_bytes += record.size
+            if full:
                 break
-            size = (
-                aggregator.size_if_added(record.partition_key, record.explicit_hash_key, record.data)
-                + key_bytes
-            )
-            if size > limit and records:
-                break
-            if size > limit:
-                # Too big to aggregate even alone; it fits plain (checked at admission).
-                return KinesisEntry.plain(buffer.pop(), buffer.shard_id)
-            aggregator.add(record.partition_key, record.explicit_hash_key, record.data)
-            records.append(buffer.pop())
+        directory = self._directory
+        directory.queued -= len(records)
+        directory.queued_bytes -= taken_bytes
+        if not records:
+            # Too big to aggregate even alone; it fits plain (checked at admission).
+            return KinesisEntry.plain(buffer.pop(), buffer.shard_id)
         if len(records) == 1:
             return KinesisEntry.plain(records[0], buffer.shard_id)
         return KinesisEntry.aggregate(records, aggregator, buffer.shard_id)
@@ -472,13 +558,14 @@ class ProducerCore:
     # ------------------------------------------------------------------ sending
 
     async def _send(self, entries: list[KinesisEntry]) -> None:
+        sent_at = time.time()
         try:
-            mark_attempt(entries)
             body = encode_put_records(self._selector, entries)
             try:
                 answer = await self.transport.call_raw("PutRecords", body)
             except KinesisError as exc:
                 self.stats.request(ok=False)
+                _count_attempt(entries, sent_at)
                 if exc.retriable:
                     self._retry(entries, exc.code or "TransportError")
                 else:
@@ -487,10 +574,11 @@ class ProducerCore:
                     )
                 return
             self.stats.request(ok=True)
-            await self._settle(entries, answer)
+            await self._settle(entries, answer, sent_at)
         except asyncio.CancelledError:
             # Only close() past its timeout cancels a send; whether Kinesis stored the records
             # is unknown, so they go to the dead-letter queue (a replay may duplicate them).
+            _count_attempt(entries, sent_at)
             self._dead_letter_entries(
                 entries, DlqReason.SHUTDOWN, None, "the producer was closed mid-request"
             )
@@ -498,7 +586,7 @@ class ProducerCore:
         except Exception:
             # A bug here must not strand records: they go back for another attempt.
             log.exception("Unexpected error while sending; records will be retried.")
-            self._retry(entries, "InternalError")
+            self._retry([e for e in entries if not e.records[-1].done()], "InternalError")
         finally:
             for entry in entries:
                 self._directory.finished(entry.shard_id)
@@ -508,17 +596,21 @@ class ProducerCore:
                 self._sends.discard(task)
             self._wake()
 
-    async def _settle(self, entries: list[KinesisEntry], answer: dict[str, Any]) -> None:
+    async def _settle(
+        self, entries: list[KinesisEntry], answer: dict[str, Any], sent_at: float
+    ) -> None:
+        """Apply a PutRecords answer entry by entry: deliver, retry or dead-letter each."""
         results = answer.get("Records")
         if not isinstance(results, list) or len(results) != len(entries):
+            _count_attempt(entries, sent_at)
             self._retry(entries, "MalformedAnswer")
             return
         now = time.monotonic()
         misplaced: list[tuple[KinesisEntry, str, str]] = []
         failed: dict[str, list[KinesisEntry]] = {}
         final: list[tuple[KinesisEntry, str, str | None]] = []
-        delivered_sources: Counter[str] = Counter()
-        delivered_bytes: Counter[str] = Counter()
+        sources: dict[str, int] = {}
+        sizes: dict[str, int] = {}
         delivered_entries = 0
         for entry, result in zip(entries, results, strict=True):
             code = result.get("ErrorCode")
@@ -534,26 +626,35 @@ class ProducerCore:
                 misplaced.append((entry, shard_id, sequence))
                 continue
             self._directory.succeeded(entry.shard_id)
-            self._deliver(entry.records, entry.aggregated, shard_id, sequence)
+            self._deliver(entry.records, entry.aggregated, shard_id, sequence, sources, sizes)
             delivered_entries += 1
-            for record in entry.records:
-                delivered_sources[record.source] += 1
-                delivered_bytes[record.source] += record.size
         if delivered_entries:
-            self.stats.delivered(delivered_sources, delivered_bytes, delivered_entries)
+            self.stats.delivered(sources, sizes, delivered_entries)
         for code, group in failed.items():
+            _count_attempt(group, sent_at)
             self._retry(group, code, now)
         for entry, code, message in final:
+            _count_attempt([entry], sent_at)
             self._dead_letter(entry.records, DlqReason.NON_RETRYABLE_ERROR, code, message)
         if misplaced:
             await self._resolve_misplaced(misplaced)
 
     def _deliver(
-        self, records: list[Pending], aggregated: bool, shard_id: str, sequence: str
+        self,
+        records: list[Pending],
+        aggregated: bool,
+        shard_id: str,
+        sequence: str,
+        sources: dict[str, int],
+        sizes: dict[str, int],
     ) -> None:
+        """Resolve records Kinesis accepted and count them per source into the two dicts."""
         delivery = Delivery(shard_id, sequence, aggregated)
         for index, record in enumerate(records):
-            record.set_delivered(delivery, index, record.attempts)
+            record.set_delivered(delivery, index, record.attempts + 1)
+            source = record.source
+            sources[source] = sources.get(source, 0) + 1
+            sizes[source] = sizes.get(source, 0) + record.size
         self._finished(records)
 
     async def _resolve_misplaced(self, misplaced: list[tuple[KinesisEntry, str, str]]) -> None:
@@ -570,8 +671,12 @@ class ProducerCore:
             kept = [r for r in entry.records if shard is None or shard.owns(r.hash_key)]
             moved = [r for r in entry.records if shard is not None and not shard.owns(r.hash_key)]
             if kept:
-                self._deliver(kept, True, shard_id, sequence)
-                self.stats.delivered(Counter(r.source for r in kept), Counter(), 1)
+                sources: dict[str, int] = {}
+                sizes: dict[str, int] = {}
+                self._deliver(kept, True, shard_id, sequence, sources, sizes)
+                self.stats.delivered(sources, sizes, 1)
+            for record in moved:
+                record.attempts += 1
             resend.extend(moved)
         if resend:
             log.warning(
@@ -710,7 +815,6 @@ class ProducerCore:
                 record.held = False
                 held_records += 1
                 held_bytes += record.size
-            if record.generation >= 0:
                 undone[record.generation] -= 1
                 counted = True
         if held_records:
@@ -734,6 +838,20 @@ class ProducerCore:
         return self.stats.snapshot(self.gate.records, self.gate.bytes)
 
 
+def _count_attempt(entries: list[KinesisEntry], sent_at: float) -> None:
+    """Stamp the records of failed entries with the attempt they just had.
+
+    Delivered records get their attempt count in their result instead, which keeps this
+    per-record loop off the success path.
+    """
+    for entry in entries:
+        for record in entry.records:
+            record.attempts += 1
+            if record.first_attempt_at is None:
+                record.first_attempt_at = sent_at
+            record.last_attempt_at = sent_at
+
+
 def _stream_params(stream: str) -> dict[str, Any]:
     return {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
 
@@ -745,13 +863,17 @@ def _serialize(payload: Any) -> bytes:
         return bytes(payload)
     if isinstance(payload, str):
         return payload.encode()
-    return orjson.dumps(payload)
+    # orjson's result may sit in a 4 KiB allocation whatever its length; a tight copy keeps
+    # buffered records at their real size.
+    return memoryview(orjson.dumps(payload)).tobytes()
 
 
-def _compress(data: bytes, method: str) -> bytes:
+def _compressor(method: str) -> Callable[[bytes], bytes] | None:
     if method == "gzip":
-        return gzip.compress(data, compresslevel=6, mtime=0)
-    import zstandard
+        return lambda data: gzip.compress(data, compresslevel=6, mtime=0)
+    if method == "zstd":
+        import zstandard  # type: ignore[import-not-found]
 
-    compressed: bytes = zstandard.ZstdCompressor().compress(data)
-    return compressed
+        compress: Callable[[bytes], bytes] = zstandard.ZstdCompressor().compress
+        return compress
+    return None

@@ -16,7 +16,7 @@ from kingest.dlq import DeadLetterQueue
 from kingest.errors import ConfigError
 from kingest.producer.core import ProducerCore
 from kingest.producer.transport import KinesisTransport
-from kingest.record import Record, RecordFuture
+from kingest.record import DlqReason, Record, RecordFuture
 
 
 def _build_core(
@@ -144,6 +144,22 @@ class Producer:
         """
         pending = self._core.prepare(payload, partition_key, explicit_hash_key, source)
         return self._core.admit_blocking(pending, timeout)
+
+    def reject(
+        self,
+        payload: Any,
+        reason: DlqReason,
+        message: str,
+        *,
+        source: str | None = None,
+        partition_key: str | None = None,
+    ) -> RecordFuture:
+        """Send a record that cannot be used (it failed to parse, say) to the dead-letter queue.
+
+        It is counted per source like any dead-lettered record, and the returned future is
+        already done.
+        """
+        return self._core.reject(payload, reason, message, source, partition_key)
 
     def put_record(self, record: Record, *, timeout: float | None = None) -> RecordFuture:
         """Hand a :class:`~kingest.record.Record` to the producer (see :meth:`put`)."""

@@ -31,7 +31,7 @@ class Backoff:
     def cap(self, failures: int) -> float:
         """The upper bound of the delay after ``failures`` consecutive failures (>= 1)."""
         exponent = min(max(failures - 1, 0), 62)
-        return min(self.max_s, self.base_s * (2**exponent))
+        return float(min(self.max_s, self.base_s * (2**exponent)))
 
     def delay(self, failures: int) -> float:
         """A delay for the next attempt after ``failures`` consecutive failures."""

@@ -75,12 +75,12 @@ class ShardBuffer:
         if self.limiter is not None:
             self.limiter.take(n_bytes, now)
 
-    def oldest(self) -> float | None:
-        """Enqueue time of the oldest waiting record."""
+    def oldest_deadline(self) -> float | None:
+        """Time-to-live deadline of the oldest waiting record (deadlines grow with age)."""
         head = self.peek()
-        return None if head is None else min(
-            head.enqueued_at, self.queue[0].enqueued_at if self.queue else head.enqueued_at
-        )
+        if head is None:
+            return None
+        return min(head.deadline, self.queue[0].deadline) if self.queue else head.deadline
 
     def drain(self) -> Iterator[Pending]:
         """Take every waiting record (retries first), emptying the buffer."""
@@ -114,6 +114,9 @@ class ShardDirectory:
             for shard in shard_map.shards
         }
         self._order = list(self._buffers.values())
+        # Aligned with map.shards, for the bisect in the producer's drain loop.
+        self.by_index = [self._buffers[shard.shard_id] for shard in shard_map.shards]
+        self.starts = [shard.starting_hash_key for shard in shard_map.shards]
         for shard_id, buffer in old.items():
             if shard_id in self._buffers:
                 continue
@@ -132,15 +135,28 @@ class ShardDirectory:
         """True when any record waits in any shard buffer."""
         return self.queued > 0
 
-    def sendable(self, now: float, strict: bool) -> list[ShardBuffer]:
-        """Buffers that may send a Kinesis record now, in fair rotating order."""
+    def sendable(self, now: float, strict: bool, taken: set[str]) -> list[ShardBuffer]:
+        """Buffers that may add a Kinesis record to the request being built, in fair order.
+
+        A shard is in at most one request at a time: two requests in flight to one shard could
+        be stored in either order, and per-key order would be lost without any retry. In strict
+        mode a shard also gives at most one Kinesis record per request, so a failed one is
+        always retried before anything after it is accepted.
+
+        Args:
+            now: the current monotonic time.
+            strict: strict-order mode.
+            taken: shards already in the request being built.
+        """
         order = self._order
         start = self._rotation % len(order) if order else 0
         ready = []
+        in_flight = self.in_flight
         for buffer in order[start:] + order[:start]:
             if not buffer or buffer.not_before > now:
                 continue
-            if strict and self.in_flight[buffer.shard_id]:
+            shard_id = buffer.shard_id
+            if in_flight.get(shard_id) and (strict or shard_id not in taken):
                 continue
             if buffer.limiter is not None and not buffer.limiter.ready(now):
                 continue
@@ -155,11 +171,11 @@ class ShardDirectory:
         """True when some shard has retries whose backoff is over."""
         return any(b.retries and b.not_before <= now for b in self._order)
 
-    def oldest_enqueued(self) -> float | None:
-        """Enqueue time of the oldest waiting record over every shard."""
+    def oldest_deadline(self) -> float | None:
+        """Time-to-live deadline of the oldest waiting record over every shard."""
         oldest: float | None = None
         for buffer in self._order:
-            when = buffer.oldest()
+            when = buffer.oldest_deadline()
             if when is not None and (oldest is None or when < oldest):
                 oldest = when
         return oldest

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,22 +55,24 @@ class ProducerStats:
             stats = self.by_source[name] = SourceStats()
         return stats
 
-    def received(self, counts: Counter[str]) -> None:
+    def received(self, counts: Mapping[str, int]) -> None:
         """Count records admitted, per source."""
         with self._lock:
             for name, n in counts.items():
                 self._source(name).received += n
 
-    def delivered(self, counts: Counter[str], sizes: Counter[str], kinesis_records: int) -> None:
+    def delivered(
+        self, counts: Mapping[str, int], sizes: Mapping[str, int], kinesis_records: int
+    ) -> None:
         """Count records Kinesis accepted, per source, and the Kinesis records carrying them."""
         with self._lock:
             self.kinesis_records += kinesis_records
             for name, n in counts.items():
                 source = self._source(name)
                 source.sent += n
-                source.bytes_sent += sizes[name]
+                source.bytes_sent += sizes.get(name, 0)
 
-    def dead_lettered(self, counts: Counter[str], reason: str) -> None:
+    def dead_lettered(self, counts: Mapping[str, int], reason: str) -> None:
         """Count records written to the dead-letter queue, per source."""
         with self._lock:
             for name, n in counts.items():
@@ -77,7 +80,7 @@ class ProducerStats:
                 source.failed += n
                 source.dead_lettered_by_reason[reason] += n
 
-    def retried(self, counts: Counter[str], code: str) -> None:
+    def retried(self, counts: Mapping[str, int], code: str) -> None:
         """Count records sent again after a failed attempt, per source and error code."""
         with self._lock:
             self.retried_by_code[code] += sum(counts.values())

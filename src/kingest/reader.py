@@ -1,0 +1,611 @@
+"""Reading a stream back: every shard, parents before children, KPL aggregates unpacked.
+
+This module's one job is to turn a Kinesis stream into the sequence of *user* records its
+producers put, for ``kingest read``, the tests and the demo. It is a plain polling reader
+(ListShards, GetShardIterator, GetRecords), not a checkpointing consumer: it keeps no lease and
+no position across runs.
+
+Order: records of one shard come out in shard order, and a shard is read only after its parent
+shards (``ParentShardId`` and, after a merge, ``AdjacentParentShardId``) have been read to their
+end, so the records of one partition key come out in the order they were stored even across a
+split or a merge. Records of different shards are interleaved in no particular order.
+
+Pace: each shard makes at most five GetRecords calls per second (the service's per-shard
+limit) and, once caught up, one per ``poll_interval_s``. Throttling (``ProvisionedThroughput
+ExceededException``, ``LimitExceededException``) and other retriable failures are retried with
+exponential backoff and full jitter for up to :data:`RETRY_BUDGET_S` of consecutive failures.
+
+A Kinesis record whose data starts with the KPL magic but is damaged (bad MD5, malformed body)
+is never dropped: it is passed on as one :class:`ReadRecord` with ``corrupt=True`` and its raw
+data, and a warning naming its shard and sequence number is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final, Literal
+
+import orjson
+
+from kingest.errors import AggregationFormatError, KinesisError, StreamNotFoundError
+from kingest.producer.aggregate import deaggregate
+from kingest.producer.retry import Backoff
+from kingest.producer.transport import KinesisTransport
+
+__all__ = [
+    "START_POSITIONS",
+    "ReadRecord",
+    "encode_data",
+    "envelope",
+    "envelope_line",
+    "iter_batches",
+    "iter_stream",
+    "read_all",
+    "unpack_record",
+]
+
+log = logging.getLogger(__name__)
+
+StartPosition = Literal["trim_horizon", "latest"]
+START_POSITIONS: Final = ("trim_horizon", "latest")
+
+GET_RECORDS_LIMIT: Final = 10_000  # the most GetRecords returns in one call
+MIN_CALL_INTERVAL_S: Final = 0.2  # GetRecords: at most 5 calls per second per shard
+RETRY_BASE_S: Final = 0.2
+RETRY_MAX_S: Final = 5.0
+# How long consecutive retriable failures of one call are retried before the read fails: long
+# enough to ride out throttling and a brief outage, short enough that a dead endpoint ends a
+# bounded read instead of hanging it.
+RETRY_BUDGET_S: Final = 60.0
+# Batches (one GetRecords answer each) waiting for the consumer; a slow consumer holds the
+# shard readers back rather than letting memory grow (a batch can reach 10 MiB).
+_QUEUE_BATCHES: Final = 8
+# How often the consumer side checks for idleness, a finished stream or a failed shard reader
+# while no batch arrives.
+_TICK_S: Final = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRecord:
+    """One user record as read back from the stream.
+
+    Attributes:
+        shard_id: the shard that stored it.
+        sequence_number: sequence number of the Kinesis record that carried it.
+        sub_sequence_number: its index inside that Kinesis record when aggregated, else 0.
+        partition_key: the user record's own partition key.
+        explicit_hash_key: its explicit hash key; None when it had none (plain records never
+            show one: GetRecords does not return it).
+        arrival: the Kinesis record's ApproximateArrivalTimestamp in epoch seconds, if given.
+        data: the user record's data (for a corrupt aggregate: the whole undecoded data).
+        corrupt: True when the Kinesis record starts with the KPL magic but could not be
+            decoded; it is then passed on whole instead of as its user records.
+    """
+
+    shard_id: str
+    sequence_number: str
+    sub_sequence_number: int
+    partition_key: str
+    explicit_hash_key: str | None
+    arrival: float | None
+    data: bytes
+    corrupt: bool = False
+
+
+def unpack_record(shard_id: str, record: dict[str, Any]) -> list[ReadRecord]:
+    """Turn one Kinesis record of a GetRecords answer into its user records.
+
+    Args:
+        shard_id: the shard the record was read from.
+        record: one element of the answer's ``Records`` (``Data`` in base64).
+
+    Returns:
+        The user records of an aggregate in order; a plain record as itself; a damaged
+        aggregate as one record with ``corrupt=True`` (a warning is logged). An aggregate of
+        zero user records yields nothing.
+
+    Raises:
+        KinesisError: the record lacks a field GetRecords always sends, or its data is not
+            base64 (the answer itself is broken, not the record).
+    """
+    try:
+        sequence_number = str(record["SequenceNumber"])
+        partition_key = str(record["PartitionKey"])
+        data = base64.b64decode(record["Data"], validate=True)
+    except (KeyError, TypeError, binascii.Error) as exc:
+        raise KinesisError(
+            f"GetRecords answered a malformed record in shard {shard_id}: {exc!r}",
+            code="MalformedAnswer",
+            retriable=False,
+        ) from exc
+    raw_arrival = record.get("ApproximateArrivalTimestamp")
+    arrival = float(raw_arrival) if isinstance(raw_arrival, int | float) else None
+    try:
+        users = deaggregate(data, partition_key)
+    except AggregationFormatError as exc:
+        log.warning(
+            "Corrupt aggregated record in shard %s at sequence number %s (%s); "
+            "it is passed on undecoded.",
+            shard_id,
+            sequence_number,
+            exc,
+        )
+        return [ReadRecord(shard_id, sequence_number, 0, partition_key, None, arrival, data, True)]
+    return [
+        ReadRecord(
+            shard_id,
+            sequence_number,
+            user.sub_sequence_number,
+            user.partition_key,
+            user.explicit_hash_key,
+            arrival,
+            user.data,
+        )
+        for user in users
+    ]
+
+
+# --- envelope ----------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _exact_int(text: str) -> int:
+    value = int(text)
+    # orjson reads integers beyond 64 bits as doubles, which would change the number.
+    if not -(2**63) <= value < 2**64:
+        raise ValueError("integer beyond 64 bits")
+    return value
+
+
+def _exact_float(text: str) -> float:
+    value = float(text)
+    try:
+        # The double must print as the same number the text denotes ("1.10" and "1.1e0" pass;
+        # "0.1000000000000000000001" would come out as 0.1 and fails).
+        same = Decimal(repr(value)) == Decimal(text)
+    except InvalidOperation:
+        same = False
+    if not same:
+        raise ValueError("number not representable as a double")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise ValueError("duplicate object key")
+    return value
+
+
+def _json_value(data: bytes) -> tuple[bool, Any]:
+    """Return (True, value) when ``data`` is UTF-8 JSON whose value says exactly what it does."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False, None
+    try:
+        if orjson.dumps(value) == data:
+            return True, value  # compact canonical JSON (what the producer writes): exact
+    except orjson.JSONEncodeError:
+        return False, None  # nested deeper than orjson writes
+    # JSON with whitespace, or with something orjson reads loosely: accept it only if the
+    # parsed value means the same (no number rounded, no duplicate key silently dropped).
+    try:
+        json.loads(
+            data.decode("utf-8"),
+            parse_int=_exact_int,
+            parse_float=_exact_float,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_unique_keys,
+        )
+    except (ValueError, RecursionError):
+        return False, None
+    return True, value
+
+
+def encode_data(data: bytes) -> tuple[str, Any]:
+    """Choose how a payload appears in an envelope.
+
+    Args:
+        data: the user record's data.
+
+    Returns:
+        ``("json", value)`` when the data is UTF-8 JSON that parses without loss (the value,
+        not the bytes: insignificant whitespace is not kept); ``("text", str)`` for other valid
+        UTF-8; ``("base64", {"base64": "..."})`` for anything else. The exact bytes are always
+        recoverable from "text" and "base64"; from "json" up to whitespace.
+    """
+    is_json, value = _json_value(data)
+    if is_json:
+        return "json", value
+    try:
+        return "text", data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64", {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def envelope(record: ReadRecord) -> dict[str, Any]:
+    """Describe a record as the JSON object ``kingest read --envelope`` prints.
+
+    Args:
+        record: the record read.
+
+    Returns:
+        ``shard_id``, ``sequence_number``, ``sub_sequence_number``, ``partition_key``,
+        ``explicit_hash_key`` (only when the record has one), ``approximate_arrival_timestamp``
+        (epoch seconds or null), ``data_encoding`` ("json", "text" or "base64") and ``data``
+        (see :func:`encode_data`). A corrupt aggregate always has ``data_encoding`` "base64"
+        and ``corrupt_aggregate: true``.
+    """
+    obj: dict[str, Any] = {
+        "shard_id": record.shard_id,
+        "sequence_number": record.sequence_number,
+        "sub_sequence_number": record.sub_sequence_number,
+        "partition_key": record.partition_key,
+    }
+    if record.explicit_hash_key is not None:
+        obj["explicit_hash_key"] = record.explicit_hash_key
+    obj["approximate_arrival_timestamp"] = record.arrival
+    if record.corrupt:
+        # Damaged bytes shown as text or JSON would invite reading them as a record.
+        obj["data_encoding"] = "base64"
+        obj["data"] = {"base64": base64.b64encode(record.data).decode("ascii")}
+        obj["corrupt_aggregate"] = True
+    else:
+        obj["data_encoding"], obj["data"] = encode_data(record.data)
+    return obj
+
+
+def envelope_line(record: ReadRecord) -> bytes:
+    """The envelope of a record as one line of compact JSON, newline included."""
+    return orjson.dumps(envelope(record), option=orjson.OPT_APPEND_NEWLINE)
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def _stream_params(stream: str) -> dict[str, str]:
+    return {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
+
+
+@dataclass(slots=True)
+class _Shard:
+    shard_id: str
+    parents: tuple[str, ...]
+    iterator_type: str
+    done: asyncio.Event
+    # When the last GetRecords call that found nothing new (no records, MillisBehindLatest 0
+    # or absent) was sent; None after an answer with records or one still behind.
+    quiet_since: float | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class _StreamReader:
+    """The shard tasks of one read and what the consumer side needs to know about them."""
+
+    def __init__(
+        self,
+        transport: KinesisTransport,
+        stream: str,
+        start: StartPosition,
+        poll_interval_s: float,
+    ) -> None:
+        self.transport = transport
+        self.stream = stream
+        self.start_type = start.upper()
+        self.poll_interval_s = poll_interval_s
+        self.queue: asyncio.Queue[list[ReadRecord]] = asyncio.Queue(_QUEUE_BATCHES)
+        self.shards: dict[str, _Shard] = {}
+        self.failure: BaseException | None = None
+        self.last_record_at = time.monotonic()
+        self._discover_lock = asyncio.Lock()
+        self._discovered_once = False
+
+    async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Call with backoff on retriable failures, for up to RETRY_BUDGET_S of them in a row."""
+        backoff = Backoff(RETRY_BASE_S, RETRY_MAX_S)
+        failures = 0
+        first_failure = 0.0
+        while True:
+            try:
+                return await self.transport.call(operation, params)
+            except KinesisError as exc:
+                if not exc.retriable:
+                    raise
+                now = time.monotonic()
+                if failures == 0:
+                    first_failure = now
+                failures += 1
+                if now - first_failure > RETRY_BUDGET_S:
+                    raise
+                delay = max(backoff.delay(failures), MIN_CALL_INTERVAL_S)
+                log.debug("%s failed with %s; retrying in %.2fs.", operation, exc.code, delay)
+                await asyncio.sleep(delay)
+
+    async def discover(self) -> None:
+        """List the shards and start a reader for each one not seen before.
+
+        Shards found by the first listing start at the requested position; shards found later
+        are children created while reading, so all of their records are new: TRIM_HORIZON.
+        """
+        async with self._discover_lock:
+            listed: list[dict[str, Any]] = []
+            params: dict[str, Any] = _stream_params(self.stream)
+            while True:
+                try:
+                    answer = await self.call("ListShards", params)
+                except StreamNotFoundError as exc:
+                    raise StreamNotFoundError(
+                        f"stream {self.stream} does not exist (ListShards answered "
+                        f"{exc.code}; the stream is missing or these credentials cannot see it)"
+                    ) from exc
+                listed.extend(answer.get("Shards") or [])
+                token = answer.get("NextToken")
+                if not token:
+                    break
+                params = {"NextToken": token}  # a token replaces the stream name
+            iterator_type = self.start_type if not self._discovered_once else "TRIM_HORIZON"
+            self._discovered_once = True
+            for item in listed:
+                shard_id = str(item["ShardId"])
+                if shard_id in self.shards:
+                    continue
+                parents = tuple(
+                    str(item[key])
+                    for key in ("ParentShardId", "AdjacentParentShardId")
+                    if item.get(key)
+                )
+                self.shards[shard_id] = _Shard(shard_id, parents, iterator_type, asyncio.Event())
+            # Tasks start only once every shard of this listing is known, so a child always
+            # finds its parent (listed in the same answer) to wait for.
+            for shard in self.shards.values():
+                if shard.task is None:
+                    shard.task = asyncio.create_task(
+                        self._guarded(shard), name=f"kingest-read-{shard.shard_id}"
+                    )
+
+    async def _guarded(self, shard: _Shard) -> None:
+        try:
+            await self._read_shard(shard)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if self.failure is None:
+                self.failure = exc
+
+    async def _iterator(self, shard: _Shard, after: str | None) -> str | None:
+        params: dict[str, Any] = {**_stream_params(self.stream), "ShardId": shard.shard_id}
+        if after is None:
+            params["ShardIteratorType"] = shard.iterator_type
+        else:
+            params["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
+            params["StartingSequenceNumber"] = after
+        answer = await self.call("GetShardIterator", params)
+        iterator = answer.get("ShardIterator")
+        return str(iterator) if iterator else None
+
+    async def _read_shard(self, shard: _Shard) -> None:
+        for parent_id in shard.parents:
+            parent = self.shards.get(parent_id)
+            if parent is not None:  # a parent past retention is not listed: nothing to wait for
+                await parent.done.wait()
+        iterator = await self._iterator(shard, None)
+        log.info("Started reading shard %s at %s.", shard.shard_id, shard.iterator_type)
+        last_sequence: str | None = None
+        last_call = 0.0
+        while iterator:
+            pause = last_call + MIN_CALL_INTERVAL_S - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            sent_at = time.monotonic()
+            try:
+                answer = await self.call(
+                    "GetRecords", {"ShardIterator": iterator, "Limit": GET_RECORDS_LIMIT}
+                )
+            except KinesisError as exc:
+                if exc.code != "ExpiredIteratorException":
+                    raise
+                # Only after a long stall (an iterator lives five minutes): resume where we were.
+                log.info("Shard iterator of %s expired; getting a new one.", shard.shard_id)
+                iterator = await self._iterator(shard, last_sequence)
+                continue
+            last_call = time.monotonic()
+            records = answer.get("Records") or []
+            behind = answer.get("MillisBehindLatest")
+            iterator = answer.get("NextShardIterator")
+            if records:
+                batch: list[ReadRecord] = []
+                for record in records:
+                    batch.extend(unpack_record(shard.shard_id, record))
+                last_sequence = str(records[-1]["SequenceNumber"])
+                shard.quiet_since = None
+                if batch:
+                    await self.queue.put(batch)
+                self.last_record_at = time.monotonic()
+            else:
+                shard.quiet_since = None if behind else sent_at
+            # Behind or a full answer: more is waiting, so only the per-shard call limit applies.
+            # Otherwise poll like the KCL does, leaving most of the shard's five reads per
+            # second to the stream's other consumers.
+            if iterator and not behind and len(records) < GET_RECORDS_LIMIT:
+                await asyncio.sleep(self.poll_interval_s)
+        log.info("Finished reading closed shard %s.", shard.shard_id)
+        shard.done.set()
+        # A shard closes when it is split or merged: its children are new shards to read.
+        await self.discover()
+
+    def finished(self) -> bool:
+        """True when every shard is closed and read to its end (nothing can come any more)."""
+        return all(shard.task is not None and shard.task.done() for shard in self.shards.values())
+
+    def idle(self, idle_s: float) -> bool:
+        """True when no record came for ``idle_s`` seconds, as every open shard confirmed.
+
+        Each open shard must have found nothing new in a call sent ``idle_s`` or more after
+        the last record arrived, so a record stored during the idle period is never missed
+        because no call looked for it (the poll interval may be longer than ``idle_s``).
+        """
+        threshold = self.last_record_at + idle_s
+        return all(
+            shard.done.is_set()
+            or (shard.quiet_since is not None and shard.quiet_since >= threshold)
+            for shard in self.shards.values()
+        )
+
+    async def stop(self) -> None:
+        """Cancel every shard task and wait for them to end."""
+        tasks = [shard.task for shard in self.shards.values() if shard.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def iter_batches(
+    transport: KinesisTransport,
+    stream: str,
+    *,
+    start: StartPosition = "trim_horizon",
+    until_idle_s: float | None = None,
+    poll_interval_s: float = 1.0,
+) -> AsyncGenerator[list[ReadRecord], None]:
+    """Read a stream, yielding the user records of each GetRecords answer as one list.
+
+    Use with ``contextlib.aclosing`` (or run to the end) so that the shard tasks are stopped
+    when the caller stops early. See :func:`iter_stream` for the arguments and the order.
+
+    Yields:
+        Non-empty lists of records of one shard, in shard order.
+
+    Raises:
+        StreamNotFoundError: the stream does not exist.
+        KinesisError: a call failed for good (non-retriable, or retriable for too long).
+        ValueError: ``start`` is not a known position or a duration is negative.
+    """
+    if start not in START_POSITIONS:
+        raise ValueError(f"start must be one of {', '.join(START_POSITIONS)}, not {start!r}")
+    if until_idle_s is not None and not until_idle_s >= 0:
+        raise ValueError(f"until_idle_s must be a non-negative number, not {until_idle_s}")
+    if not poll_interval_s >= 0:
+        raise ValueError(f"poll_interval_s must be a non-negative number, not {poll_interval_s}")
+    reader = _StreamReader(transport, stream, start, max(poll_interval_s, MIN_CALL_INTERVAL_S))
+    try:
+        await reader.discover()
+        while True:
+            # A failed shard ends the read at once; the records it would have given are gone.
+            if reader.failure is not None:
+                raise reader.failure
+            try:
+                batch = reader.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                # Nothing waiting: decide whether to stop before waiting for more.
+                if reader.finished():
+                    log.info("Every shard of stream %s is closed and read.", stream)
+                    return
+                if until_idle_s is not None and reader.idle(until_idle_s):
+                    log.info("No record arrived for %gs; stopping.", until_idle_s)
+                    return
+                try:
+                    batch = await asyncio.wait_for(reader.queue.get(), _TICK_S)
+                except TimeoutError:
+                    continue
+            yield batch
+    finally:
+        await reader.stop()
+
+
+async def iter_stream(
+    transport: KinesisTransport,
+    stream: str,
+    *,
+    start: StartPosition = "trim_horizon",
+    until_idle_s: float | None = None,
+    poll_interval_s: float = 1.0,
+) -> AsyncGenerator[ReadRecord, None]:
+    """Read every user record of a stream: all shards, parents before children.
+
+    Records of one shard come in shard order (user records of an aggregate in their order
+    inside it), and a shard's records come only after those of its parent shards, so each
+    partition key's records come in the order they were stored, resharding included. Use with
+    ``contextlib.aclosing`` (or run to the end) so the shard tasks stop with the caller.
+
+    Args:
+        transport: the Kinesis wire; the caller closes it.
+        stream: stream name or ARN.
+        start: "trim_horizon" (everything retained) or "latest" (only records stored after
+            each shard's iterator was taken; shards created while reading are read whole).
+        until_idle_s: end once no record came for this many seconds, confirmed by a call to
+            every open shard sent after that period that found nothing (and MillisBehindLatest
+            0 where given); None reads until cancelled. The read also ends when every shard is
+            closed and read.
+        poll_interval_s: pause between GetRecords calls of a caught-up shard (at least 0.2 s;
+            1 s, the KCL's default, leaves most of a shard's read budget to other consumers).
+
+    Yields:
+        :class:`ReadRecord` objects.
+
+    Raises:
+        StreamNotFoundError: the stream does not exist.
+        KinesisError: a call failed for good (non-retriable, or retriable for too long).
+        ValueError: ``start`` is not a known position or a duration is negative.
+    """
+    batches = iter_batches(
+        transport,
+        stream,
+        start=start,
+        until_idle_s=until_idle_s,
+        poll_interval_s=poll_interval_s,
+    )
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for record in batch:
+                yield record
+
+
+def read_all(
+    endpoint_url: str,
+    stream: str,
+    *,
+    idle_s: float = 1.0,
+    region: str | None = None,
+) -> list[ReadRecord]:
+    """Read a whole stream from the start until it has been idle, from synchronous code.
+
+    Args:
+        endpoint_url: Kinesis endpoint.
+        stream: stream name or ARN.
+        idle_s: stop once no record came for this many seconds (see :func:`iter_stream`).
+        region: AWS region (default: standard configuration; any for a local endpoint).
+
+    Returns:
+        Every user record, each shard's in order, parents' before children's.
+
+    Raises:
+        StreamNotFoundError: the stream does not exist.
+        KinesisError: a call failed for good.
+        CredentialsError: no usable region or credentials for a non-local endpoint.
+    """
+    # Imported here: the embedded endpoint's module is a heavier import than reading needs.
+    from kingest.local.kinesalite import run_sync
+
+    async def collect() -> list[ReadRecord]:
+        transport = KinesisTransport(endpoint_url=endpoint_url, region=region)
+        try:
+            records = iter_stream(transport, stream, until_idle_s=idle_s)
+            async with contextlib.aclosing(records):
+                return [record async for record in records]
+        finally:
+            await transport.close()
+
+    return run_sync(collect)
