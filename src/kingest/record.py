@@ -36,6 +36,7 @@ class DlqReason(enum.StrEnum):
     TTL_EXPIRED = "ttl_expired"  # not accepted within the record time-to-live
     BUFFER_FULL = "buffer_full"  # on_buffer_full=drop_newest and the buffer was full
     SHUTDOWN = "shutdown"  # close() ran out of time before the record was accepted
+    INTERNAL_ERROR = "internal_error"  # the producer itself failed; the record is kept here
 
 
 @dataclass(slots=True)

@@ -152,14 +152,28 @@ class _StderrLines:
         return "".join(self.lines)
 
 
-def _readline(stream: IO[bytes], timeout_s: float) -> bytes:
-    """One line from a pipe, or AssertionError after timeout_s (a bare readline could hang)."""
+def _readlines(stream: IO[bytes], count: int, timeout_s: float = 60) -> list[bytes]:
+    """``count`` lines from a pipe, or AssertionError after timeout_s (a bare read could hang)."""
     lines: queue.Queue[bytes] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
-    try:
-        return lines.get(timeout=timeout_s)
-    except queue.Empty:
-        raise AssertionError(f"no line within {timeout_s}s") from None
+
+    def pump() -> None:
+        for _ in range(count):
+            line = stream.readline()
+            lines.put(line)
+            if not line:
+                return
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    got: list[bytes] = []
+    while len(got) < count:
+        try:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+        except queue.Empty:
+            raise AssertionError(f"{len(got)} of {count} lines within {timeout_s}s") from None
+        assert line, f"output ended after {len(got)} of {count} lines"
+        got.append(line)
+    return got
 
 
 @contextlib.contextmanager
@@ -291,20 +305,21 @@ def test_from_latest_sees_only_new_records(
 ) -> None:
     stream = stream_factory(shards=2)
     _produce(endpoint_url, stream, tmp_path, [({"old": i}, f"k{i}") for i in range(20)])
-    args = ("--from", "latest", "--until-idle", "3", "--envelope")
     with (
         Producer(stream, endpoint_url=endpoint_url, dlq_dir=str(tmp_path / "dlq2")) as producer,
-        _follower(endpoint_url, stream, *args) as proc,
+        _follower(endpoint_url, stream, "--from", "latest", "--envelope") as proc,
     ):
         assert proc.stderr is not None and proc.stdout is not None
         stderr = _StderrLines(proc.stderr)
-        stderr.wait_for(f"{STARTED}", 2)
+        stderr.wait_for(STARTED, 2)  # both iterators taken: what comes now is new
         futures = [producer.put({"new": i}, partition_key=f"k{i}") for i in range(20)]
         producer.flush()
         assert all(future.result().delivered for future in futures)
-        stdout = proc.stdout.read()
-        assert proc.wait(timeout=60) == 0, stderr.rest()
-    assert sorted(env["data"]["new"] for env in _envelopes(stdout)) == list(range(20))
+        lines = _readlines(proc.stdout, 20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, stderr.rest()
+        lines += proc.stdout.read().splitlines(keepends=True)
+    assert sorted(env["data"]["new"] for env in _envelopes(b"".join(lines))) == list(range(20))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -318,7 +333,7 @@ def test_follows_until_signalled(
         stderr.wait_for(STARTED, 1)
         _produce(endpoint_url, stream, tmp_path, [(f"line {i}", "k") for i in range(5)])
         # Flushed once per GetRecords answer, so the lines come while the reader follows.
-        lines = [_readline(proc.stdout, timeout_s=30) for _ in range(5)]
+        lines = _readlines(proc.stdout, 5)
         assert lines == [f"line {i}\n".encode() for i in range(5)]
         proc.send_signal(signum)
         assert proc.wait(timeout=30) == 0
@@ -370,24 +385,22 @@ def test_follows_a_split_that_happens_while_reading(
 ) -> None:
     stream = stream_factory(shards=1)
     keys = [f"key-{i}" for i in range(16)]
-    with _follower(endpoint_url, stream, "--envelope", "--until-idle", "3") as proc:
+    with _follower(endpoint_url, stream, "--envelope") as proc:
         assert proc.stderr is not None and proc.stdout is not None
         stderr = _StderrLines(proc.stderr)
         stderr.wait_for(STARTED, 1)
-        t0 = time.monotonic()
         _produce(endpoint_url, stream, tmp_path, [({"n": n}, keys[n % 16]) for n in range(100)])
-        t1 = time.monotonic()
         _split_first_shard(endpoint_url, stream)
-        t2 = time.monotonic()
         _produce(
             endpoint_url, stream, tmp_path, [({"n": n}, keys[n % 16]) for n in range(100, 200)]
         )
-        t3 = time.monotonic()
-        stdout = proc.stdout.read()
-        t4 = time.monotonic()
-        proc.wait(timeout=60)
-    envelopes = _envelopes(stdout)
-    print("TIMING", t1 - t0, t2 - t1, t3 - t2, t4 - t3, stderr.rest(), len(envelopes))
+        # The children are found when the parent turns out closed, and read after it.
+        lines = _readlines(proc.stdout, 200)
+        stderr.wait_for(STARTED, 3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, stderr.rest()
+        lines += proc.stdout.read().splitlines(keepends=True)
+    envelopes = _envelopes(b"".join(lines))
     assert sorted(env["data"]["n"] for env in envelopes) == list(range(200))
     _check_parents_first(envelopes, "shardId-000000000000")
 

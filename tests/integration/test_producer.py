@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
 import threading
 import time
@@ -16,13 +17,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from kingest.errors import ConfigError, KinesisError, StreamNotFoundError, TransportError
-from kingest.partition import ShardMap, hash_key_of
+from kingest.errors import (
+    ConfigError,
+    KinesisError,
+    ProducerClosedError,
+    StreamNotFoundError,
+    TransportError,
+)
+from kingest.partition import Shard, ShardMap, default_partition_key, hash_key_of
 from kingest.producer.limits import MAX_RECORD_BYTES
 from kingest.producer.producer import AsyncProducer, Producer
-from kingest.record import DlqReason, Outcome, RecordFuture, RecordResult
+from kingest.record import DlqReason, Outcome, Record, RecordFuture, RecordResult
+from tests.faultproxy import FaultPlan, FaultProxy
 from tests.helpers import (
     ReadRecord,
     call,
@@ -59,12 +68,8 @@ def producing(
 
 
 def _open_map(endpoint_url: str, stream: str) -> ShardMap:
-    from kingest.partition import Shard
-
     return ShardMap(
-        Shard(s.shard_id, s.start, s.end)
-        for s in list_shards(endpoint_url, stream)
-        if not s.closed
+        Shard(s.shard_id, s.start, s.end) for s in list_shards(endpoint_url, stream) if not s.closed
     )
 
 
@@ -151,7 +156,9 @@ def test_every_record_delivered_and_read_back(
     _check_results_point_at_records(futures, ids, records)
     # Per-shard order of one key is put order when nothing fails.
     for key in set(keys):
-        seen = [int(r.data.split(b'"i":')[1].split(b",")[0]) for r in records if r.partition_key == key]
+        seen = [
+            int(r.data.split(b'"i":')[1].split(b",")[0]) for r in records if r.partition_key == key
+        ]
         assert seen == sorted(seen)
 
     assert stats["total_received"] == n
@@ -169,9 +176,6 @@ def test_put_record_and_default_partition_key(
     endpoint_url: str, stream_factory: Any, tmp_path: Path
 ) -> None:
     """Records without a key get a stable content-derived key; bytes and str payloads pass as is."""
-    from kingest.partition import default_partition_key
-    from kingest.record import Record
-
     stream = stream_factory(shards=2)
     with producing(endpoint_url, stream, tmp_path) as producer:
         f1 = producer.put(b"raw-bytes-\x00\xff")
@@ -208,6 +212,52 @@ def test_explicit_hash_key_places_aggregated_records(
     for record in records:
         if record.explicit_hash_key is not None:  # inside an aggregate: the KCL checks it
             assert by_start[record.explicit_hash_key] == record.shard_id
+
+
+@pytest.mark.parametrize("aggregation", [True, False], ids=["aggregated", "plain"])
+def test_gzip_compression_round_trips(
+    endpoint_url: str, stream_factory: Any, tmp_path: Path, aggregation: bool
+) -> None:
+    stream = stream_factory(shards=2)
+    run_id = uuid.uuid4().hex
+    with producing(
+        endpoint_url, stream, tmp_path, aggregation=aggregation, compression="gzip"
+    ) as producer:
+        futures = [producer.put(make_payload(run_id, i), f"k{i % 5}") for i in range(100)]
+        producer.flush(timeout=10)
+    assert all(f.result(0).delivered for f in futures)
+    stored = [gzip.decompress(r.data) for r in read_stream(endpoint_url, stream)]
+    assert {payload_id(d) for d in stored} == {f"{run_id}-{i}" for i in range(100)}
+
+
+def test_statistics_per_source(endpoint_url: str, stream_factory: Any, tmp_path: Path) -> None:
+    stream = stream_factory(shards=2)
+    sizes = {"web": 0, "iot": 0}
+    counts = {"web": 0, "iot": 0}
+    with producing(endpoint_url, stream, tmp_path) as producer:
+        for i in range(300):
+            source = "web" if i % 3 else "iot"
+            payload = {"i": i, "source": source}
+            key = f"k{i % 11}"
+            producer.put(payload, key, source=source)
+            sizes[source] += len(orjson.dumps(payload)) + len(key)
+            counts[source] += 1
+        producer.put({"bad": 1}, "", source="web")
+        producer.flush(timeout=10)
+        stats = producer.stats()
+    by_source = stats["by_source"]
+    for source in ("web", "iot"):
+        assert by_source[source]["sent"] == counts[source]
+        assert by_source[source]["bytes_sent"] == sizes[source]
+        assert by_source[source]["retried"] == 0
+    assert by_source["web"]["failed"] == 1
+    assert by_source["web"]["dead_lettered_by_reason"] == {"invalid_partition_key": 1}
+    assert stats["total_sent"] == 300
+    assert stats["total_failed"] == 1
+    assert stats["bytes_sent"] == sum(sizes.values())
+    assert stats["success_rate"] == pytest.approx(100 * 300 / 301)
+    assert stats["requests"] >= 1
+    assert stats["failed_requests"] == 0
 
 
 # ------------------------------------------------------------------------ bad input
@@ -306,9 +356,7 @@ def test_multi_mebibyte_requests_are_delivered(
     with producing(
         endpoint_url, stream, tmp_path, aggregation=aggregation, rate_limit=False, linger_ms=500
     ) as producer:
-        futures = [
-            producer.put(make_payload(run_id, i, pad="z" * 2000), f"k{i}") for i in range(n)
-        ]
+        futures = [producer.put(make_payload(run_id, i, pad="z" * 2000), f"k{i}") for i in range(n)]
         producer.flush(timeout=15)
         stats = producer.stats()
     assert all(f.result(0).delivered for f in futures)
@@ -354,7 +402,9 @@ def test_missing_stream_raises(endpoint_url: str, tmp_path: Path) -> None:
     with pytest.raises(StreamNotFoundError):
         _producer(endpoint_url, name, tmp_path)
     wait_until(
-        lambda: not [t for t in set(threading.enumerate()) - before if t.name == "kingest-producer"],
+        lambda: (
+            not [t for t in set(threading.enumerate()) - before if t.name == "kingest-producer"]
+        ),
         5,
         "the failed producer's thread to end",
     )
@@ -393,8 +443,6 @@ def test_silent_endpoint_raises_after_request_timeout(
     endpoint_url: str, stream_factory: Any, tmp_path: Path
 ) -> None:
     """An endpoint that accepts connections but never answers: Producer() gives up in time."""
-    from tests.faultproxy import FaultPlan, FaultProxy
-
     stream = stream_factory(shards=1)
     plan = FaultPlan(delay_s=30, delay_probability=1.0, operations=("DescribeStreamSummary",))
     with FaultProxy(endpoint_url, plan) as proxy:
@@ -412,8 +460,6 @@ def test_invalid_settings_raise_config_error(endpoint_url: str, tmp_path: Path) 
 
 
 def test_put_after_close_raises(endpoint_url: str, stream_factory: Any, tmp_path: Path) -> None:
-    from kingest.errors import ProducerClosedError
-
     stream = stream_factory(shards=1)
     producer = _producer(endpoint_url, stream, tmp_path)
     future = producer.put({"a": 1}, "k")

@@ -80,7 +80,9 @@ def _assert_all_delivered(
     read = ids_read(read_stream(endpoint_url, stream))
     expected = {f"{run_id}-{i}" for i in range(len(futures))}
     missing = expected - set(read)
-    assert not missing, f"{len(missing)} delivered records are not in the stream: {sorted(missing)[:3]}"
+    assert not missing, (
+        f"{len(missing)} delivered records are not in the stream: {sorted(missing)[:3]}"
+    )
     if exact:
         duplicates = [i for i, n in Counter(read).items() if n > 1]
         assert not duplicates, (
@@ -336,8 +338,7 @@ def test_non_retryable_errors_dead_letter_at_once(
     n = 60
     with producing(proxy.url, stream, dlq_dir, aggregation=aggregation) as producer:
         futures = [
-            producer.put(make_payload(run_id, i), f"pk-{i % 7}", source="refused")
-            for i in range(n)
+            producer.put(make_payload(run_id, i), f"pk-{i % 7}", source="refused") for i in range(n)
         ]
         producer.flush(timeout=10)
         stats = producer.stats()
@@ -633,9 +634,7 @@ def test_drop_newest_dead_letters_the_overflow(
             futures.append(future)
         producer.flush(timeout=20)
         stats = producer.stats()
-    dropped = [
-        i for i, f in enumerate(futures) if f.result(0).outcome is Outcome.DEAD_LETTERED
-    ]
+    dropped = [i for i, f in enumerate(futures) if f.result(0).outcome is Outcome.DEAD_LETTERED]
     assert dropped, "nothing was dropped: the buffer never filled"
     assert len(dropped) < n
     for i in dropped:

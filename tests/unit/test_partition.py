@@ -217,7 +217,9 @@ def test_from_list_shards_keeps_open_shards_only() -> None:
         "shardId-000000000001",
     ]
     assert shard_map.get("shardId-000000000000") is None
-    assert shard_map.get("shardId-000000000003") == Shard("shardId-000000000003", HALF // 2, HALF - 1)
+    assert shard_map.get("shardId-000000000003") == Shard(
+        "shardId-000000000003", HALF // 2, HALF - 1
+    )
     assert shard_map.shard_for(0).shard_id == "shardId-000000000002"
     assert shard_map.shard_for(HALF - 1).shard_id == "shardId-000000000003"
     assert shard_map.shard_for(HALF).shard_id == "shardId-000000000001"

@@ -727,7 +727,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"; aggregation={kingest['aggregation']}, linger_ms={kingest['linger_ms']}, "
             f"max_in_flight_requests={kingest['max_in_flight_requests']}, "
             f"max_buffer_bytes={kingest['max_buffer_bytes']:,}, "
-            f"max_buffer_records={kingest['max_buffer_records']:,}"
+            f"max_buffer_records={kingest['max_buffer_records']:,}; run as kingest's commands "
+            "run (garbage collector tuned: kingest.runtime.tune_for_throughput)"
             if "aggregation" in kingest
             else ""
         )

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from kingest import __version__
 from kingest.errors import KingestError
+from kingest.runtime import tune_for_throughput
 
 # One module per command; each has register(subparsers) -> the parser it added, whose
 # `handler` default is a function taking the parsed arguments and returning an exit status.
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
+    tune_for_throughput()
     try:
         status: int = handler(args)
     except KingestError as exc:

@@ -144,6 +144,27 @@ class ProducerCore:
             self.aggregation = False
         await self._refresh_shard_map(force=True)
         self._sender = asyncio.create_task(self._run(), name="kingest-sender")
+        self._sender.add_done_callback(self._sender_ended)
+
+    def _sender_ended(self, task: asyncio.Task[None]) -> None:
+        """If the sender died, no record may stay pending: every one goes to the DLQ."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error(
+            "The sender failed; every record still held goes to the dead-letter queue.",
+            exc_info=task.exception(),
+        )
+        self._closed = True
+        self._drain_inbound()
+        waiting = self._directory.pop_all()
+        if waiting:
+            self._dead_letter(
+                waiting, DlqReason.INTERNAL_ERROR, None, f"the producer failed: {task.exception()}"
+            )
+        for send in list(self._sends):
+            send.cancel()
+        if self._done_event is not None:
+            self._done_event.set()
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop taking records, deliver or dead-letter every one, and release resources.
@@ -163,12 +184,14 @@ class ProducerCore:
                 extra={"stream": self.stream, "timeout_s": timeout},
             )
             self._abandon_all()
-        self._stopping = True
-        self._wake()
-        if self._sender is not None:
-            await self._sender
-        await self.transport.close()
-        self.dlq.close()
+        finally:
+            self._stopping = True
+            self._wake()
+            sender = self._sender
+            if sender is not None and not sender.done():
+                await asyncio.wait([sender])
+            await self.transport.close()
+            self.dlq.close()
 
     async def flush(self) -> None:
         """Wait until every record admitted before this call is delivered or dead-lettered."""

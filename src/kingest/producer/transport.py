@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -91,7 +92,10 @@ class KinesisTransport:
     ) -> None:
         try:
             session = Session(profile=profile)
-            configured_region = region or session.get_config_variable("region")
+            # botocore reads AWS_DEFAULT_REGION; the other SDKs (and Lambda) set AWS_REGION.
+            configured_region = (
+                region or session.get_config_variable("region") or os.environ.get("AWS_REGION")
+            )
             client = session.create_client(
                 "kinesis",
                 region_name=configured_region or LOCAL_REGION,
