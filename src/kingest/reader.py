@@ -66,6 +66,9 @@ RETRY_MAX_S: Final = 5.0
 # enough to ride out throttling and a brief outage, short enough that a dead endpoint ends a
 # bounded read instead of hanging it.
 RETRY_BUDGET_S: Final = 60.0
+# The first ListShards fails sooner: an endpoint that never answered is most likely a wrong
+# --endpoint-url or region, which waiting does not fix.
+FIRST_LISTING_BUDGET_S: Final = 5.0
 # Batches (one GetRecords answer each) waiting for the consumer; a slow consumer holds the
 # shard readers back rather than letting memory grow (a batch can reach 10 MiB).
 _QUEUE_BATCHES: Final = 8
@@ -313,8 +316,10 @@ class _StreamReader:
         self._discover_lock = asyncio.Lock()
         self._discovered_once = False
 
-    async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Call with backoff on retriable failures, for up to RETRY_BUDGET_S of them in a row."""
+    async def call(
+        self, operation: str, params: dict[str, Any], budget_s: float = RETRY_BUDGET_S
+    ) -> dict[str, Any]:
+        """Call with backoff on retriable failures, for up to ``budget_s`` of them in a row."""
         backoff = Backoff(RETRY_BASE_S, RETRY_MAX_S)
         failures = 0
         first_failure = 0.0
@@ -328,7 +333,7 @@ class _StreamReader:
                 if failures == 0:
                     first_failure = now
                 failures += 1
-                if now - first_failure > RETRY_BUDGET_S:
+                if now - first_failure > budget_s:
                     raise
                 delay = max(backoff.delay(failures), MIN_CALL_INTERVAL_S)
                 log.debug("%s failed with %s; retrying in %.2fs.", operation, exc.code, delay)
@@ -343,9 +348,10 @@ class _StreamReader:
         async with self._discover_lock:
             listed: list[dict[str, Any]] = []
             params: dict[str, Any] = _stream_params(self.stream)
+            budget_s = RETRY_BUDGET_S if self._discovered_once else FIRST_LISTING_BUDGET_S
             while True:
                 try:
-                    answer = await self.call("ListShards", params)
+                    answer = await self.call("ListShards", params, budget_s)
                 except StreamNotFoundError as exc:
                     raise StreamNotFoundError(
                         f"stream {self.stream} does not exist (ListShards answered "

@@ -8,6 +8,7 @@ import contextlib
 import queue
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -473,6 +474,18 @@ def test_missing_stream_is_one_error_line(endpoint_url: str) -> None:
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("kingest read: error: stream no-such-stream does not exist")
+
+
+def test_unreachable_endpoint_fails_soon() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens once the socket is closed
+    started = time.monotonic()
+    result = _read_cli(f"http://127.0.0.1:{port}", "--stream", "s", timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith("kingest read: error: ListShards")
+    assert len(result.stderr.splitlines()) == 1
+    assert time.monotonic() - started < 30
 
 
 def test_closed_pipe_ends_quietly(
