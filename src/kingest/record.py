@@ -199,7 +199,15 @@ class RecordFuture:
                 return
         with _EVENT_LOCK:
             self._result = value
-            event = self._event
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Wake threads waiting in result() and run callbacks, once the result is stored.
+
+        Whoever stores the result without the lock calls this when it then sees a waiter; a
+        waiter appearing after the store sees the result itself, so none is missed.
+        """
+        event = self._event
         if event is not None:
             event.set()
         self._run_callbacks()

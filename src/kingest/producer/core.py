@@ -318,14 +318,16 @@ class ProducerCore:
             f"the stream takes at most {self._max_record_bytes}",
         )
 
-    def admit_nowait(self, pending: Pending) -> RecordFuture:
-        """Admit a prepared record if there is room; else apply ``on_buffer_full``.
+    def try_admit(self, pending: Pending) -> bool:
+        """Admit a prepared record if there is room, or apply ``drop_newest``.
 
-        Raises:
-            BufferFullError: no room and the policy is ``block`` (the caller then waits).
+        Returns:
+            False only when there is no room and the policy is ``block``: the caller waits
+            (:meth:`admit_blocking` / :meth:`admit_async`). True when the record is admitted,
+            or already done (rejected in prepare(), or dropped to the dead-letter queue).
         """
         if pending._result is not PENDING:
-            return pending  # rejected in prepare(): already dead-lettered
+            return True  # rejected in prepare(): already dead-lettered
         gate = self.gate
         size = pending.size
         with gate.lock:
@@ -338,13 +340,13 @@ class ProducerCore:
         if admitted:
             pending.held = True
             self._enqueue(pending)
-        elif self.config.on_buffer_full == "drop_newest":
+            return True
+        if self.config.on_buffer_full == "drop_newest":
             self._dead_letter(
                 [pending], DlqReason.BUFFER_FULL, None, "the producer's buffer was full"
             )
-        else:
-            raise BufferFullError("the producer's buffer is full")
-        return pending
+            return True
+        return False
 
     def admit_blocking(self, pending: Pending, timeout: float | None) -> RecordFuture:
         """Admit from a thread, waiting for room under the ``block`` policy.
@@ -352,20 +354,19 @@ class ProducerCore:
         Raises:
             BufferFullError: no room within ``timeout``, or called on the sender's own thread.
         """
-        try:
-            return self.admit_nowait(pending)
-        except BufferFullError:
-            if threading.get_ident() == self._loop_thread:
-                raise BufferFullError(
-                    "the buffer is full and put() was called on the producer's own thread "
-                    "(from a callback), where waiting would deadlock"
-                ) from None
-            self._wake()
-            if not self.gate.acquire(pending.size, timeout):
-                raise
-            pending.held = True
-            self._enqueue(pending)
+        if self.try_admit(pending):
             return pending
+        if threading.get_ident() == self._loop_thread:
+            raise BufferFullError(
+                "the buffer is full and put() was called on the producer's own thread "
+                "(from a callback), where waiting would deadlock"
+            )
+        self._wake()
+        if not self.gate.acquire(pending.size, timeout):
+            raise BufferFullError(f"no room in the producer's buffer within {timeout} s")
+        pending.held = True
+        self._enqueue(pending)
+        return pending
 
     async def admit_async(self, pending: Pending, timeout: float | None) -> RecordFuture:
         """Admit from a coroutine, awaiting room under the ``block`` policy.
@@ -373,15 +374,14 @@ class ProducerCore:
         Raises:
             BufferFullError: no room within ``timeout``.
         """
-        try:
-            return self.admit_nowait(pending)
-        except BufferFullError:
-            self._wake()
-            if not await self.gate.acquire_async(pending.size, timeout):
-                raise
-            pending.held = True
-            self._enqueue(pending)
+        if self.try_admit(pending):
             return pending
+        self._wake()
+        if not await self.gate.acquire_async(pending.size, timeout):
+            raise BufferFullError(f"no room in the producer's buffer within {timeout} s")
+        pending.held = True
+        self._enqueue(pending)
+        return pending
 
     def _enqueue(self, pending: Pending) -> None:
         self._inbound.append(pending)
@@ -671,14 +671,32 @@ class ProducerCore:
         sources: dict[str, int],
         sizes: dict[str, int],
     ) -> None:
-        """Resolve records Kinesis accepted and count them per source into the two dicts."""
+        """Resolve records Kinesis accepted, count them per source into the two dicts, and
+        release their buffer room: one pass, since this runs for every record sent."""
         delivery = Delivery(shard_id, sequence, aggregated)
+        undone = self._undone
+        held_records = 0
+        held_bytes = 0
         for index, record in enumerate(records):
-            record.set_delivered(delivery, index, record.attempts + 1)
+            record._index = index
+            record._attempts = record.attempts + 1
+            if record._result is PENDING:
+                record._result = delivery
+                if record._event is not None or record._callbacks is not None:
+                    record._wake_waiters()
             source = record.source
+            size = record.size
             sources[source] = sources.get(source, 0) + 1
-            sizes[source] = sizes.get(source, 0) + record.size
-        self._finished(records)
+            sizes[source] = sizes.get(source, 0) + size
+            if record.held:
+                record.held = False
+                held_records += 1
+                held_bytes += size
+                undone[record.generation] -= 1
+        if held_records:
+            self.gate.release(held_records, held_bytes)
+            if self._done_event is not None:
+                self._done_event.set()
 
     async def _resolve_misplaced(self, misplaced: list[tuple[KinesisEntry, str, str]]) -> None:
         """An aggregate landed on another shard than predicted: the shard map is stale.
