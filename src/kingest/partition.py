@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,14 +57,20 @@ def partition_key_problem(partition_key: str) -> str | None:
     return None
 
 
+# Kinesis' pattern for ExplicitHashKey; anything else fails the whole PutRecords request.
+_CANONICAL_HASH_KEY = re.compile(r"0|[1-9][0-9]{0,38}")
+
+
 def parse_explicit_hash_key(value: str) -> int:
     """Parse an explicit hash key (a decimal 128-bit unsigned integer).
 
     Raises:
         ValueError: not a decimal integer in [0, 2**128 - 1].
     """
-    if not value.isdigit() or not value.isascii():
-        raise ValueError(f"explicit hash key {value[:50]!r} is not a decimal integer")
+    if not _CANONICAL_HASH_KEY.fullmatch(value):
+        raise ValueError(
+            f"explicit hash key {value[:50]!r} is not a decimal integer without leading zeros"
+        )
     number = int(value)
     if number > MAX_HASH_KEY:
         raise ValueError("explicit hash key is larger than 2**128 - 1")

@@ -470,6 +470,22 @@ def test_put_after_close_raises(endpoint_url: str, stream_factory: Any, tmp_path
         producer.put({"a": 2}, "k")
 
 
+def test_flush_with_nothing_put_returns_at_once(
+    endpoint_url: str, stream_factory: Any, tmp_path: Path
+) -> None:
+    stream = stream_factory(shards=1)
+    with producing(endpoint_url, stream, tmp_path) as producer:
+        started = time.monotonic()
+        producer.flush(timeout=5)
+        producer.flush(timeout=5)
+        assert time.monotonic() - started < 0.5
+        future = producer.put({"a": 1}, "k")
+        producer.flush(timeout=5)
+        assert future.done()
+        producer.flush(timeout=5)
+    assert producer.stats()["total_sent"] == 1
+
+
 def test_callbacks_run_once_per_record(
     endpoint_url: str, stream_factory: Any, tmp_path: Path
 ) -> None:

@@ -490,6 +490,33 @@ def test_close_with_timeout_against_a_silent_endpoint(
     assert all(e.reason is DlqReason.SHUTDOWN for e in entries)
 
 
+def test_close_with_timeout_while_records_wait_for_a_retry(
+    endpoint_url: str, stream_factory: Any, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Records backing off between attempts when close(timeout) runs out end as shutdown."""
+    stream = stream_factory(shards=2)
+    run_id = uuid.uuid4().hex
+    proxy.set_plan(FaultPlan(http_503=1.0))
+    producer = Producer(
+        stream,
+        endpoint_url=proxy.url,
+        dlq_dir=str(tmp_path),
+        **{**FAST, "retry_base_ms": 2000, "retry_max_ms": 5000},
+    )
+    futures = [producer.put(make_payload(run_id, i), f"k{i % 5}") for i in range(50)]
+    wait_until(lambda: producer.stats()["total_retried"] > 0, 5, "a first failed attempt")
+    started = time.monotonic()
+    producer.close(timeout=0.5)
+    assert time.monotonic() - started < 2.5
+    for future in futures:
+        result = future.result(0)
+        assert result.reason is DlqReason.SHUTDOWN, result
+        assert result.attempts >= 1
+    entries = dlq_entries(tmp_path)
+    assert {payload_id(e.payload) for e in entries} == {f"{run_id}-{i}" for i in range(50)}
+    assert all(e.attempts >= 1 and e.reason is DlqReason.SHUTDOWN for e in entries)
+
+
 def test_put_blocked_on_a_full_buffer_during_close(
     endpoint_url: str, stream_factory: Any, proxy: FaultProxy, tmp_path: Path
 ) -> None:

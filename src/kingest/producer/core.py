@@ -270,6 +270,12 @@ class ProducerCore:
         else:
             problem = f"partition key must be a string, not {type(partition_key).__name__}"
             key_text = str(partition_key)
+        try:
+            key_bytes = len(key_text.encode())
+        except UnicodeEncodeError:
+            key_text = key_text.encode(errors="backslashreplace").decode()
+            key_bytes = len(key_text.encode())
+            problem = problem or "partition key is not valid Unicode (lone surrogates)"
         hash_key = 0
         if problem is None and explicit_hash_key is not None:
             try:
@@ -278,11 +284,6 @@ class ProducerCore:
                 problem = f"explicit hash key: {exc}"
         elif problem is None:
             hash_key = hash_key_of(key_text)
-        try:
-            key_bytes = len(key_text.encode())
-        except UnicodeEncodeError:
-            key_bytes = len(key_text.encode(errors="replace"))
-            problem = problem or "partition key is not valid Unicode (lone surrogates)"
         size = len(data) + key_bytes
         ehk = explicit_hash_key if isinstance(explicit_hash_key, str) else None
         pending = Pending(data, key_text, ehk, hash_key, source, size, deadline)
@@ -670,14 +671,20 @@ class ProducerCore:
         sequence: str,
         sources: dict[str, int],
         sizes: dict[str, int],
+        positions: list[int] | None = None,
     ) -> None:
         """Resolve records Kinesis accepted, count them per source into the two dicts, and
-        release their buffer room: one pass, since this runs for every record sent."""
+        release their buffer room: one pass, since this runs for every record sent.
+
+        ``positions`` are the records' places in the stored aggregate when they are not
+        simply 0, 1, 2... (some of an aggregate's records were sent again).
+        """
         delivery = Delivery(shard_id, sequence, aggregated)
         undone = self._undone
         held_records = 0
         held_bytes = 0
-        for index, record in enumerate(records):
+        numbered = enumerate(records) if positions is None else zip(positions, records, strict=True)
+        for index, record in numbered:
             record._index = index
             record._attempts = record.attempts + 1
             if record._result is PENDING:
@@ -703,30 +710,43 @@ class ProducerCore:
 
         Sub-records whose hash lies outside the shard that stored them would be discarded by
         KCL consumers, so they are sent again after the map is re-read; the others are done.
+        When the storing shard is unknown even to a fresh map, every sub-record is sent again:
+        a duplicate is better than a record no consumer will see.
         """
         await self._refresh_shard_map(force=False)
+        if any(self._directory.shard(shard_id) is None for _, shard_id, _ in misplaced):
+            await self._refresh_shard_map(force=True)
         directory = self._directory
         resend: list[Pending] = []
+        sources: dict[str, int] = {}
+        sizes: dict[str, int] = {}
+        kept_entries = 0
         for entry, shard_id, sequence in misplaced:
             shard = directory.shard(shard_id)
-            kept = [r for r in entry.records if shard is None or shard.owns(r.hash_key)]
-            moved = [r for r in entry.records if shard is not None and not shard.owns(r.hash_key)]
+            kept: list[Pending] = []
+            positions: list[int] = []
+            for position, record in enumerate(entry.records):
+                if shard is not None and shard.owns(record.hash_key):
+                    kept.append(record)
+                    positions.append(position)
+                else:
+                    record.attempts += 1
+                    resend.append(record)
             if kept:
-                sources: dict[str, int] = {}
-                sizes: dict[str, int] = {}
-                self._deliver(kept, True, shard_id, sequence, sources, sizes)
-                self.stats.delivered(sources, sizes, 1)
-            for record in moved:
-                record.attempts += 1
-            resend.extend(moved)
+                self._deliver(kept, True, shard_id, sequence, sources, sizes, positions)
+                kept_entries += 1
+        if kept_entries:
+            self.stats.delivered(sources, sizes, kept_entries)
         if resend:
             log.warning(
                 "Re-sending records that landed on the wrong shard after resharding.",
                 extra={"records": len(resend)},
             )
-            self.stats.retried(Counter(r.source for r in resend), "WrongShard")
+            retried: dict[str, int] = {}
             for record in resend:
+                retried[record.source] = retried.get(record.source, 0) + 1
                 directory.buffer_for(record.hash_key).push_retry(record)
+            self.stats.retried(retried, "WrongShard")
 
     def _retry(self, entries: list[KinesisEntry], code: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -108,9 +108,12 @@ class ShardDirectory:
         """Adopt a new shard map; records of shards that closed move to their successors."""
         old = self._buffers
         self.map = shard_map
+        # An empty buffer is falsy, so test membership: a shard that stays open keeps its
+        # backoff and rate-limit state even when nothing waits in it.
         self._buffers = {
-            shard.shard_id: old.get(shard.shard_id)
-            or ShardBuffer(shard.shard_id, self, self._new_limiter())
+            shard.shard_id: old[shard.shard_id]
+            if shard.shard_id in old
+            else ShardBuffer(shard.shard_id, self, self._new_limiter())
             for shard in shard_map.shards
         }
         self._order = list(self._buffers.values())
