@@ -12,6 +12,7 @@ import orjson
 from kingest.bench import ENDPOINTS, IMPLEMENTATIONS
 from kingest.bench.runner import BenchOptions, format_report, run_bench, run_memory_check
 from kingest.bench.worker import min_record_bytes
+from kingest.cli.common import positive_int
 from kingest.errors import ConfigError
 
 RUN_ID_LENGTH = 8
@@ -31,16 +32,6 @@ def _choices(allowed: tuple[str, ...], what: str) -> Callable[[str], tuple[str, 
     return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -55,19 +46,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--records", type=_positive, default=200_000, help="records per run (default: 200000)"
+        "--records", type=positive_int, default=200_000, help="records per run (default: 200000)"
     )
     parser.add_argument(
         "--record-bytes",
-        type=_positive,
+        type=positive_int,
         default=300,
         help="JSON size of each record in bytes (default: 300)",
     )
     parser.add_argument(
-        "--keys", type=_positive, default=5000, help="distinct partition keys (default: 5000)"
+        "--keys", type=positive_int, default=5000, help="distinct partition keys (default: 5000)"
     )
     parser.add_argument(
-        "--shards", type=_positive, default=4, help="shards of the stream (default: 4)"
+        "--shards", type=positive_int, default=4, help="shards of the stream (default: 4)"
     )
     parser.add_argument(
         "--endpoints",

@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import orjson
 
-from kingest.cli.common import add_aws_arguments
+from kingest.cli.common import add_aws_arguments, positive_float, positive_int
 from kingest.errors import ConfigError
 from kingest.local.kinesalite import LocalKinesis
 from kingest.producer.producer import Producer
@@ -454,26 +454,6 @@ def format_report(report: dict[str, Any]) -> str:
 # --- command -----------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``demo`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -490,18 +470,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--records",
-        type=_positive_int,
+        type=positive_int,
         help=f"how many records to send (default: {DEFAULT_RECORDS})",
     )
     parser.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help="generate for this long instead of a number of records",
     )
     parser.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         metavar="RECORDS_PER_S",
         help="generate at this rate (default: as fast as the producer takes them)",
     )
