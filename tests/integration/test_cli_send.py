@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -250,3 +251,22 @@ def test_unreadable_file_and_bad_arguments_exit_2(endpoint_url: str, tmp_path: P
         "send", "--stream", "s", "--raw", "--partition-key-field", "a", "-", stdin=b"x\n"
     )
     assert raw_field.returncode == 2
+
+
+def test_standard_aws_endpoint_variable_is_honoured(
+    endpoint_url: str, stream_factory, tmp_path: Path
+) -> None:
+    stream = stream_factory(shards=1)
+    result = subprocess.run(
+        [sys.executable, "-m", "kingest", "send", "--stream", stream, "-"],
+        input=b'{"via": "environment"}\n',
+        capture_output=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "AWS_ENDPOINT_URL_KINESIS": endpoint_url},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [r.data for r in read_all(endpoint_url, stream, idle_s=1.0)] == [
+        b'{"via": "environment"}'
+    ]
