@@ -489,11 +489,12 @@ class ProducerCore:
         directory = self._directory
         if not directory.has_records():
             return None
-        times = []
+        times = directory.blocked_until(now)
+        # A linger already over means the records wait for a request in flight to end, and
+        # its end wakes the sender: waking on a timer meanwhile would only spin.
         oldest = directory.oldest_deadline()
-        if oldest is not None:
+        if oldest is not None and oldest - self._ttl_s + self._linger_s > now:
             times.append(oldest - self._ttl_s + self._linger_s)
-        times.extend(directory.blocked_until(now))
         deadline = directory.earliest_deadline()
         if deadline is not None:
             times.append(deadline)
