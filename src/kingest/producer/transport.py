@@ -96,14 +96,15 @@ class KinesisTransport:
             configured_region = (
                 region or session.get_config_variable("region") or os.environ.get("AWS_REGION")
             )
-            client = session.create_client(
-                "kinesis",
-                region_name=configured_region or LOCAL_REGION,
-                endpoint_url=endpoint_url,
-            )
+            if endpoint_url is None:
+                # Only a client knows the endpoint rules (AWS_ENDPOINT_URL_KINESIS, config
+                # files, partitions); building one costs a service model load, so only then.
+                endpoint_url = session.create_client(
+                    "kinesis", region_name=configured_region or LOCAL_REGION
+                ).meta.endpoint_url
         except BotoCoreError as exc:
             raise CredentialsError(f"AWS configuration is unusable: {exc}") from exc
-        self.endpoint_url: str = client.meta.endpoint_url
+        self.endpoint_url: str = endpoint_url
         self.local = is_loopback_url(self.endpoint_url)
         if configured_region is None and not self.local:
             raise CredentialsError(
