@@ -8,11 +8,21 @@ plain, or several aggregated (KPL format) into one Kinesis record bound for one 
 from __future__ import annotations
 
 import base64
+import gzip
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
+from kingest.partition import (
+    default_partition_key,
+    hash_key_of,
+    parse_explicit_hash_key,
+    partition_key_problem,
+)
 from kingest.producer.aggregate import Aggregator
-from kingest.record import PENDING, RecordFuture
+from kingest.producer.limits import PARTITION_KEY_MAX_CHARS
+from kingest.record import PENDING, DlqReason, RecordFuture
 
 _b64encode = base64.b64encode
 _dumps = orjson.dumps
@@ -148,3 +158,106 @@ def encode_put_records(selector: bytes, entries: list[KinesisEntry]) -> bytes:
         parts.append(b"}")
     parts.append(b"]}")
     return b"".join(parts)
+
+
+def serialize(payload: Any) -> bytes:
+    """A record's data: bytes as they are, str as UTF-8, anything else as compact JSON.
+
+    Raises:
+        TypeError: the payload cannot be serialised as JSON.
+    """
+    if type(payload) is bytes:
+        return payload
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    # orjson's result may sit in a 4 KiB allocation whatever its length; a tight copy keeps
+    # buffered records at their real size.
+    return memoryview(orjson.dumps(payload)).tobytes()
+
+
+def compressor(method: str) -> Callable[[bytes], bytes] | None:
+    """The function compressing each record's data, or None for ``"none"``."""
+    if method == "gzip":
+        return lambda data: gzip.compress(data, compresslevel=6, mtime=0)
+    if method == "zstd":
+        import zstandard  # type: ignore[import-not-found]
+
+        compress: Callable[[bytes], bytes] = zstandard.ZstdCompressor().compress
+        return compress
+    return None
+
+
+def make_pending(
+    payload: Any,
+    partition_key: Any,
+    explicit_hash_key: Any,
+    source: str,
+    deadline: float,
+    max_record_bytes: int,
+    compress: Callable[[bytes], bytes] | None,
+) -> tuple[Pending, tuple[DlqReason, str] | None]:
+    """Build the pending record of one put() call, and why it can never be sent, if so.
+
+    Returns:
+        The record, and None or (reason, message) when it must go to the dead-letter queue.
+
+    Raises:
+        TypeError: the payload cannot be serialised as JSON.
+    """
+    data = payload if type(payload) is bytes else serialize(payload)
+    if compress is not None:
+        data = compress(data)
+    if partition_key is None:
+        partition_key = default_partition_key(data)
+    # The common case first: a valid ASCII key and no explicit hash key.
+    if (
+        explicit_hash_key is None
+        and type(partition_key) is str
+        and 0 < len(partition_key) <= PARTITION_KEY_MAX_CHARS
+        and partition_key.isascii()
+    ):
+        size = len(data) + len(partition_key)
+        pending = Pending(
+            data, partition_key, None, hash_key_of(partition_key), source, size, deadline
+        )
+        if size > max_record_bytes:
+            return pending, _too_large(size, max_record_bytes)
+        return pending, None
+    if isinstance(partition_key, str):
+        problem = partition_key_problem(partition_key)
+        key_text = partition_key
+    else:
+        problem = f"partition key must be a string, not {type(partition_key).__name__}"
+        key_text = str(partition_key)
+    try:
+        key_bytes = len(key_text.encode())
+    except UnicodeEncodeError:
+        key_text = key_text.encode(errors="backslashreplace").decode()
+        key_bytes = len(key_text.encode())
+        problem = problem or "partition key is not valid Unicode (lone surrogates)"
+    hash_key = 0
+    if problem is None and explicit_hash_key is not None:
+        try:
+            hash_key = parse_explicit_hash_key(explicit_hash_key)
+        except (ValueError, AttributeError, TypeError) as exc:
+            problem = f"explicit hash key: {exc}"
+    elif problem is None:
+        hash_key = hash_key_of(key_text)
+    size = len(data) + key_bytes
+    ehk = explicit_hash_key if isinstance(explicit_hash_key, str) else None
+    pending = Pending(data, key_text, ehk, hash_key, source, size, deadline)
+    if problem is not None:
+        return pending, (DlqReason.INVALID_PARTITION_KEY, problem)
+    if size > max_record_bytes:
+        return pending, _too_large(size, max_record_bytes)
+    return pending, None
+
+
+def _too_large(size: int, max_record_bytes: int) -> tuple[DlqReason, str]:
+    return (
+        DlqReason.RECORD_TOO_LARGE,
+        f"record is {size} bytes (data + partition key); "
+        f"the stream takes at most {max_record_bytes}",
+    )

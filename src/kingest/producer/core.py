@@ -1,6 +1,7 @@
 """The producer's engine, shared by the sync and async façades.
 
-Records enter through :meth:`ProducerCore.admit` from any thread; everything after that runs
+Records enter through :meth:`ProducerCore.prepare` and :meth:`ProducerCore.try_admit` from any
+thread; everything after that runs
 on one asyncio loop: the sender drains admitted records into per-shard queues, packs them into
 PutRecords requests (aggregated per shard), keeps many requests in flight, retries exactly the
 failed entries with backoff, and ends every record as delivered or dead-lettered.
@@ -9,19 +10,15 @@ failed entries with backoff, and ends every record as delivered or dead-lettered
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
 import threading
 import time
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from kingest.config import ProducerConfig
-from kingest.dlq import DeadLetterQueue, DlqEntry
+from kingest.dlq import DeadLetterQueue
 from kingest.errors import (
     BufferFullError,
     KinesisError,
@@ -29,25 +26,25 @@ from kingest.errors import (
 )
 from kingest.partition import (
     ShardMap,
-    default_partition_key,
-    hash_key_of,
-    parse_explicit_hash_key,
-    partition_key_problem,
 )
 from kingest.producer.aggregate import Aggregator
 from kingest.producer.batch import (
     KinesisEntry,
     Pending,
+    compressor,
     encode_put_records,
+    make_pending,
+    serialize,
     stream_selector,
 )
 from kingest.producer.buffer import BufferGate
-from kingest.producer.limits import PARTITION_KEY_MAX_CHARS, ShardRateLimiter, StreamInfo
+from kingest.producer.limits import ShardRateLimiter, StreamInfo
+from kingest.producer.outcomes import Outcomes
 from kingest.producer.retry import Backoff, is_retriable_code
 from kingest.producer.shards import ShardBuffer, ShardDirectory
 from kingest.producer.stats import ProducerStats
 from kingest.producer.transport import KinesisTransport
-from kingest.record import PENDING, Delivery, DlqReason, Outcome, RecordFuture, RecordResult
+from kingest.record import PENDING, DlqReason, RecordFuture
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +76,12 @@ class ProducerCore:
         self.dlq = dlq
         self.stats = ProducerStats()
         self.gate = BufferGate(config.max_buffer_records, config.max_buffer_bytes)
+        self.outcomes = Outcomes(stream, dlq, self.stats, self.gate)
         self.info: StreamInfo | None = None
         self.aggregation = config.aggregation
         self._selector = stream_selector(stream)
         self._ttl_s = config.record_ttl_ms / 1000
-        self._compression = _compressor(config.compression)
+        self._compression = compressor(config.compression)
         self._linger_s = config.linger_ms / 1000
         self._backoff = Backoff(config.retry_base_ms / 1000, config.retry_max_ms / 1000)
         self._max_record_bytes = config.max_record_bytes or 0
@@ -102,12 +100,8 @@ class ProducerCore:
         self._stopping = False
         self._flush_waiters = 0
         self._generation = 0
-        self._undone: Counter[int] = Counter()
-        self._done_event: asyncio.Event | None = None
         self._last_map_refresh = 0.0
         self._map_lock: asyncio.Lock | None = None
-        self._dlq_backlog: list[DlqEntry] = []
-        self._dlq_backlog_records: list[tuple[Pending, DlqReason]] = []
         threshold_bytes = min(config.max_request_bytes, config.max_buffer_bytes // 8)
         self._wake_bytes = max(threshold_bytes, 1)
         self._wake_records = (
@@ -129,7 +123,7 @@ class ProducerCore:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._wake_event = asyncio.Event()
-        self._done_event = asyncio.Event()
+        self.outcomes.done_event = asyncio.Event()
         self._map_lock = asyncio.Lock()
         params = _stream_params(self.stream)
         summary = await self.transport.call("DescribeStreamSummary", params)
@@ -158,13 +152,13 @@ class ProducerCore:
         self._drain_inbound()
         waiting = self._directory.pop_all()
         if waiting:
-            self._dead_letter(
+            self.outcomes.dead_letter(
                 waiting, DlqReason.INTERNAL_ERROR, None, f"the producer failed: {task.exception()}"
             )
         for send in list(self._sends):
             send.cancel()
-        if self._done_event is not None:
-            self._done_event.set()
+        if self.outcomes.done_event is not None:
+            self.outcomes.done_event.set()
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop taking records, deliver or dead-letter every one, and release resources.
@@ -195,21 +189,23 @@ class ProducerCore:
 
     async def flush(self) -> None:
         """Wait until every record admitted before this call is delivered or dead-lettered."""
-        assert self._done_event is not None
+        done = self.outcomes.done_event
+        undone = self.outcomes.undone
+        assert done is not None
         self._drain_inbound()
         target = self._generation
         self._generation += 1
         self._flush_waiters += 1
         try:
             self._wake()
-            while any(n for g, n in self._undone.items() if g <= target):
-                self._done_event.clear()
+            while any(n for g, n in undone.items() if g <= target):
+                done.clear()
                 self._check_sender()
-                await self._done_event.wait()
+                await done.wait()
         finally:
             self._flush_waiters -= 1
-        for generation in [g for g in self._undone if g <= target and not self._undone[g]]:
-            del self._undone[generation]
+        for generation in [g for g in undone if g <= target and not undone[g]]:
+            del undone[generation]
 
     def _check_sender(self) -> None:
         if self._sender is not None and self._sender.done() and not self._sender.cancelled():
@@ -230,67 +226,21 @@ class ProducerCore:
 
         Raises:
             ProducerClosedError: the producer is closed.
+            TypeError: the payload cannot be serialised as JSON.
         """
         if self._closed:
             raise ProducerClosedError("the producer is closed")
-        data = payload if type(payload) is bytes else _serialize(payload)
-        if self._compression is not None:
-            data = self._compression(data)
-        if partition_key is None:
-            partition_key = default_partition_key(data)
-        deadline = time.monotonic() + self._ttl_s
-        source = source or DEFAULT_SOURCE
-        # The common case first: a valid ASCII key and no explicit hash key.
-        if (
-            explicit_hash_key is None
-            and type(partition_key) is str
-            and 0 < len(partition_key) <= PARTITION_KEY_MAX_CHARS
-            and partition_key.isascii()
-        ):
-            size = len(data) + len(partition_key)
-            pending = Pending(
-                data, partition_key, None, hash_key_of(partition_key), source, size, deadline
-            )
-            if size > self._max_record_bytes:
-                self._reject_too_large(pending)
-            return pending
-        return self._prepare_slow(data, partition_key, explicit_hash_key, source, deadline)
-
-    def _prepare_slow(
-        self,
-        data: bytes,
-        partition_key: Any,
-        explicit_hash_key: str | None,
-        source: str,
-        deadline: float,
-    ) -> Pending:
-        if isinstance(partition_key, str):
-            problem = partition_key_problem(partition_key)
-            key_text = partition_key
-        else:
-            problem = f"partition key must be a string, not {type(partition_key).__name__}"
-            key_text = str(partition_key)
-        try:
-            key_bytes = len(key_text.encode())
-        except UnicodeEncodeError:
-            key_text = key_text.encode(errors="backslashreplace").decode()
-            key_bytes = len(key_text.encode())
-            problem = problem or "partition key is not valid Unicode (lone surrogates)"
-        hash_key = 0
-        if problem is None and explicit_hash_key is not None:
-            try:
-                hash_key = parse_explicit_hash_key(explicit_hash_key)
-            except (ValueError, AttributeError, TypeError) as exc:
-                problem = f"explicit hash key: {exc}"
-        elif problem is None:
-            hash_key = hash_key_of(key_text)
-        size = len(data) + key_bytes
-        ehk = explicit_hash_key if isinstance(explicit_hash_key, str) else None
-        pending = Pending(data, key_text, ehk, hash_key, source, size, deadline)
+        pending, problem = make_pending(
+            payload,
+            partition_key,
+            explicit_hash_key,
+            source or DEFAULT_SOURCE,
+            time.monotonic() + self._ttl_s,
+            self._max_record_bytes,
+            self._compression,
+        )
         if problem is not None:
-            self._dead_letter([pending], DlqReason.INVALID_PARTITION_KEY, None, problem)
-        elif size > self._max_record_bytes:
-            self._reject_too_large(pending)
+            self.outcomes.dead_letter([pending], problem[0], None, problem[1])
         return pending
 
     def reject(
@@ -302,22 +252,13 @@ class ProducerCore:
         partition_key: str | None,
     ) -> RecordFuture:
         """Dead-letter a record that never reached the producer (e.g. it failed to parse)."""
-        data = payload if type(payload) is bytes else _serialize(payload)
+        data = serialize(payload)
         key = partition_key or ""
         pending = Pending(
             data, key, None, 0, source or DEFAULT_SOURCE, len(data) + len(key.encode()), 0.0
         )
-        self._dead_letter([pending], reason, None, message)
+        self.outcomes.dead_letter([pending], reason, None, message)
         return pending
-
-    def _reject_too_large(self, pending: Pending) -> None:
-        self._dead_letter(
-            [pending],
-            DlqReason.RECORD_TOO_LARGE,
-            None,
-            f"record is {pending.size} bytes (data + partition key); "
-            f"the stream takes at most {self._max_record_bytes}",
-        )
 
     def try_admit(self, pending: Pending) -> bool:
         """Admit a prepared record if there is room, or apply ``drop_newest``.
@@ -343,7 +284,7 @@ class ProducerCore:
             self._enqueue(pending)
             return True
         if self.config.on_buffer_full == "drop_newest":
-            self._dead_letter(
+            self.outcomes.dead_letter(
                 [pending], DlqReason.BUFFER_FULL, None, "the producer's buffer was full"
             )
             return True
@@ -418,7 +359,7 @@ class ProducerCore:
             self._drain_inbound()
             now = time.monotonic()
             self._expire(now)
-            self._retry_dlq_backlog()
+            self.outcomes.retry_backlog()
             while self._in_flight_requests < self.config.max_in_flight_requests:
                 entries = self._build_request(now)
                 if entries is None:
@@ -465,7 +406,7 @@ class ProducerCore:
         directory.queued += count
         directory.queued_bytes += total_bytes
         self._inbound_bytes = 0
-        self._undone[generation] += count
+        self.outcomes.undone[generation] += count
         self.stats.received(received)
 
     def _has_work(self) -> bool:
@@ -573,7 +514,7 @@ class ProducerCore:
     def _expire(self, now: float) -> None:
         expired = self._directory.pop_expired(now)
         if expired:
-            self._dead_letter(
+            self.outcomes.dead_letter(
                 expired,
                 DlqReason.TTL_EXPIRED,
                 None,
@@ -651,7 +592,9 @@ class ProducerCore:
                 misplaced.append((entry, shard_id, sequence))
                 continue
             self._directory.succeeded(entry.shard_id)
-            self._deliver(entry.records, entry.aggregated, shard_id, sequence, sources, sizes)
+            self.outcomes.deliver(
+                entry.records, entry.aggregated, shard_id, sequence, sources, sizes
+            )
             delivered_entries += 1
         if delivered_entries:
             self.stats.delivered(sources, sizes, delivered_entries)
@@ -660,51 +603,9 @@ class ProducerCore:
             self._retry(group, code, now)
         for entry, code, message in final:
             _count_attempt([entry], sent_at)
-            self._dead_letter(entry.records, DlqReason.NON_RETRYABLE_ERROR, code, message)
+            self.outcomes.dead_letter(entry.records, DlqReason.NON_RETRYABLE_ERROR, code, message)
         if misplaced:
             await self._resolve_misplaced(misplaced)
-
-    def _deliver(
-        self,
-        records: list[Pending],
-        aggregated: bool,
-        shard_id: str,
-        sequence: str,
-        sources: dict[str, int],
-        sizes: dict[str, int],
-        positions: list[int] | None = None,
-    ) -> None:
-        """Resolve records Kinesis accepted, count them per source into the two dicts, and
-        release their buffer room: one pass, since this runs for every record sent.
-
-        ``positions`` are the records' places in the stored aggregate when they are not
-        simply 0, 1, 2... (some of an aggregate's records were sent again).
-        """
-        delivery = Delivery(shard_id, sequence, aggregated)
-        undone = self._undone
-        held_records = 0
-        held_bytes = 0
-        numbered = enumerate(records) if positions is None else zip(positions, records, strict=True)
-        for index, record in numbered:
-            record._index = index
-            record._attempts = record.attempts + 1
-            if record._result is PENDING:
-                record._result = delivery
-                if record._event is not None or record._callbacks is not None:
-                    record._wake_waiters()
-            source = record.source
-            size = record.size
-            sources[source] = sources.get(source, 0) + 1
-            sizes[source] = sizes.get(source, 0) + size
-            if record.held:
-                record.held = False
-                held_records += 1
-                held_bytes += size
-                undone[record.generation] -= 1
-        if held_records:
-            self.gate.release(held_records, held_bytes)
-            if self._done_event is not None:
-                self._done_event.set()
 
     async def _resolve_misplaced(self, misplaced: list[tuple[KinesisEntry, str, str]]) -> None:
         """An aggregate landed on another shard than predicted: the shard map is stale.
@@ -734,7 +635,7 @@ class ProducerCore:
                     record.attempts += 1
                     resend.append(record)
             if kept:
-                self._deliver(kept, True, shard_id, sequence, sources, sizes, positions)
+                self.outcomes.deliver(kept, True, shard_id, sequence, sources, sizes, positions)
                 kept_entries += 1
         if kept_entries:
             self.stats.delivered(sources, sizes, kept_entries)
@@ -764,7 +665,7 @@ class ProducerCore:
         if sources:
             self.stats.retried(sources, code)
         if expired:
-            self._dead_letter(
+            self.outcomes.dead_letter(
                 expired,
                 DlqReason.TTL_EXPIRED,
                 code,
@@ -796,100 +697,14 @@ class ProducerCore:
         self, entries: list[KinesisEntry], reason: DlqReason, code: str | None, message: str
     ) -> None:
         records = [record for entry in entries for record in entry.records]
-        self._dead_letter(records, reason, code, message)
-
-    def _dead_letter(
-        self,
-        records: list[Pending],
-        reason: DlqReason,
-        code: str | None,
-        message: str | None,
-    ) -> None:
-        """Write records to the dead-letter queue, then resolve them. Any thread."""
-        now = time.time()
-        entries = [
-            DlqEntry(
-                reason=reason,
-                error_code=code,
-                error_message=message,
-                attempts=record.attempts,
-                source=record.source,
-                stream=self.stream,
-                partition_key=record.partition_key,
-                explicit_hash_key=record.explicit_hash_key,
-                payload=record.data,
-                first_attempt_at=record.first_attempt_at,
-                last_attempt_at=record.last_attempt_at,
-                dead_lettered_at=now,
-            )
-            for record in records
-        ]
-        try:
-            self.dlq.write(entries)
-        except OSError:
-            # Not durable anywhere yet: keep the records and try again, never report them done.
-            log.exception(
-                "Cannot write to the dead-letter queue; records are kept and retried.",
-                extra={"dlq": str(self.dlq.directory), "records": len(records)},
-            )
-            self._dlq_backlog.extend(entries)
-            self._dlq_backlog_records.extend((record, reason) for record in records)
-            return
-        self._resolve_dead_lettered(records, reason, code, message)
-
-    def _resolve_dead_lettered(
-        self, records: list[Pending], reason: DlqReason, code: str | None, message: str | None
-    ) -> None:
-        for record in records:
-            record.set_result(
-                RecordResult(
-                    Outcome.DEAD_LETTERED,
-                    reason=reason,
-                    error_code=code,
-                    error_message=message,
-                    attempts=record.attempts,
-                )
-            )
-        self.stats.dead_lettered(Counter(r.source for r in records), reason.value)
-        self._finished(records)
-
-    def _retry_dlq_backlog(self) -> None:
-        if not self._dlq_backlog:
-            return
-        entries, self._dlq_backlog = self._dlq_backlog, []
-        records, self._dlq_backlog_records = self._dlq_backlog_records, []
-        try:
-            self.dlq.write(entries)
-        except OSError:
-            self._dlq_backlog, self._dlq_backlog_records = entries, records
-            return
-        for record, reason in records:
-            self._resolve_dead_lettered([record], reason, None, None)
-
-    def _finished(self, records: list[Pending]) -> None:
-        """Release the buffer room of done records and let flush() waiters re-check."""
-        held_records = 0
-        held_bytes = 0
-        undone = self._undone
-        counted = False
-        for record in records:
-            if record.held:
-                record.held = False
-                held_records += 1
-                held_bytes += record.size
-                undone[record.generation] -= 1
-                counted = True
-        if held_records:
-            self.gate.release(held_records, held_bytes)
-        if counted and self._done_event is not None:
-            self._done_event.set()
+        self.outcomes.dead_letter(records, reason, code, message)
 
     def _abandon_all(self) -> None:
         """Dead-letter every record not yet done (close() ran out of time)."""
         self._drain_inbound()
         waiting = self._directory.pop_all()
         if waiting:
-            self._dead_letter(
+            self.outcomes.dead_letter(
                 waiting, DlqReason.SHUTDOWN, None, "the producer was closed before delivery"
             )
         for task in list(self._sends):
@@ -916,26 +731,3 @@ def _count_attempt(entries: list[KinesisEntry], sent_at: float) -> None:
 
 def _stream_params(stream: str) -> dict[str, Any]:
     return {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
-
-
-def _serialize(payload: Any) -> bytes:
-    if isinstance(payload, bytes):
-        return payload
-    if isinstance(payload, (bytearray, memoryview)):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode()
-    # orjson's result may sit in a 4 KiB allocation whatever its length; a tight copy keeps
-    # buffered records at their real size.
-    return memoryview(orjson.dumps(payload)).tobytes()
-
-
-def _compressor(method: str) -> Callable[[bytes], bytes] | None:
-    if method == "gzip":
-        return lambda data: gzip.compress(data, compresslevel=6, mtime=0)
-    if method == "zstd":
-        import zstandard  # type: ignore[import-not-found]
-
-        compress: Callable[[bytes], bytes] = zstandard.ZstdCompressor().compress
-        return compress
-    return None

@@ -1,0 +1,170 @@
+"""How records end: accepted by Kinesis or written to the dead-letter queue.
+
+Both endings resolve the record's future, count it per source, give back its buffer room and
+let ``flush()`` waiters re-check. A record is reported dead-lettered only once its DLQ entry is
+on disk: when the DLQ cannot be written, the records are kept and the write is tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+
+from kingest.dlq import DeadLetterQueue, DlqEntry
+from kingest.producer.batch import Pending
+from kingest.producer.buffer import BufferGate
+from kingest.producer.stats import ProducerStats
+from kingest.record import PENDING, Delivery, DlqReason, Outcome, RecordResult
+
+log = logging.getLogger(__name__)
+
+
+class Outcomes:
+    """Ends records and keeps the accounting that follows.
+
+    Args:
+        stream: stream name, written into dead-letter entries.
+        dlq: the dead-letter queue.
+        stats: per-source counters.
+        gate: the buffer bound whose room done records give back.
+    """
+
+    def __init__(
+        self, stream: str, dlq: DeadLetterQueue, stats: ProducerStats, gate: BufferGate
+    ) -> None:
+        self.stream = stream
+        self.dlq = dlq
+        self.stats = stats
+        self.gate = gate
+        # Records not yet done per flush generation (see ProducerCore.flush).
+        self.undone: Counter[int] = Counter()
+        # Set on the sender's loop whenever held records finish; flush() waits on it.
+        self.done_event: asyncio.Event | None = None
+        self._backlog: list[tuple[list[DlqEntry], list[Pending], DlqReason, str | None, str | None]]
+        self._backlog = []
+        self._backlog_lock = threading.Lock()
+
+    def deliver(
+        self,
+        records: list[Pending],
+        aggregated: bool,
+        shard_id: str,
+        sequence: str,
+        sources: dict[str, int],
+        sizes: dict[str, int],
+        positions: list[int] | None = None,
+    ) -> None:
+        """Resolve records Kinesis accepted, count them per source into the two dicts, and
+        release their buffer room: one pass, since this runs for every record sent.
+
+        ``positions`` are the records' places in the stored aggregate when they are not
+        simply 0, 1, 2... (some of an aggregate's records were sent again).
+        """
+        delivery = Delivery(shard_id, sequence, aggregated)
+        undone = self.undone
+        held_records = 0
+        held_bytes = 0
+        numbered = enumerate(records) if positions is None else zip(positions, records, strict=True)
+        for index, record in numbered:
+            # RecordFuture.set_delivered, inlined: this loop is the send path's per-record cost.
+            record._index = index
+            record._attempts = record.attempts + 1
+            if record._result is PENDING:
+                record._result = delivery
+                if record._event is not None or record._callbacks is not None:
+                    record._wake_waiters()
+            source = record.source
+            size = record.size
+            sources[source] = sources.get(source, 0) + 1
+            sizes[source] = sizes.get(source, 0) + size
+            if record.held:
+                record.held = False
+                held_records += 1
+                held_bytes += size
+                undone[record.generation] -= 1
+        if held_records:
+            self.gate.release(held_records, held_bytes)
+            if self.done_event is not None:
+                self.done_event.set()
+
+    def dead_letter(
+        self,
+        records: list[Pending],
+        reason: DlqReason,
+        code: str | None,
+        message: str | None,
+    ) -> None:
+        """Write records to the dead-letter queue, then resolve them. Any thread."""
+        now = time.time()
+        entries = [
+            DlqEntry(
+                reason=reason,
+                error_code=code,
+                error_message=message,
+                attempts=record.attempts,
+                source=record.source,
+                stream=self.stream,
+                partition_key=record.partition_key,
+                explicit_hash_key=record.explicit_hash_key,
+                payload=record.data,
+                first_attempt_at=record.first_attempt_at,
+                last_attempt_at=record.last_attempt_at,
+                dead_lettered_at=now,
+            )
+            for record in records
+        ]
+        try:
+            self.dlq.write(entries)
+        except OSError:
+            # Not durable anywhere yet: keep the records and try again, never report them done.
+            log.exception(
+                "Cannot write to the dead-letter queue; records are kept and retried.",
+                extra={"dlq": str(self.dlq.directory), "records": len(records)},
+            )
+            with self._backlog_lock:
+                self._backlog.append((entries, records, reason, code, message))
+            return
+        self._resolve_dead_lettered(records, reason, code, message)
+
+    def retry_backlog(self) -> None:
+        """Try again to write dead-letter entries an earlier write failed to store."""
+        with self._backlog_lock:
+            backlog, self._backlog = self._backlog, []
+        for index, (entries, records, reason, code, message) in enumerate(backlog):
+            try:
+                self.dlq.write(entries)
+            except OSError:
+                with self._backlog_lock:
+                    self._backlog[:0] = backlog[index:]
+                return
+            self._resolve_dead_lettered(records, reason, code, message)
+
+    def _resolve_dead_lettered(
+        self, records: list[Pending], reason: DlqReason, code: str | None, message: str | None
+    ) -> None:
+        for record in records:
+            record.set_result(
+                RecordResult(
+                    Outcome.DEAD_LETTERED,
+                    reason=reason,
+                    error_code=code,
+                    error_message=message,
+                    attempts=record.attempts,
+                )
+            )
+        self.stats.dead_lettered(Counter(r.source for r in records), reason.value)
+        held_records = 0
+        held_bytes = 0
+        for record in records:
+            if record.held:
+                record.held = False
+                held_records += 1
+                held_bytes += record.size
+                self.undone[record.generation] -= 1
+        if held_records:
+            self.gate.release(held_records, held_bytes)
+            if self.done_event is not None:
+                self.done_event.set()
