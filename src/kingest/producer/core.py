@@ -1,10 +1,10 @@
 """The producer's engine, shared by the sync and async façades.
 
 Records enter through :meth:`ProducerCore.prepare` and :meth:`ProducerCore.try_admit` from any
-thread; everything after that runs
-on one asyncio loop: the sender drains admitted records into per-shard queues, packs them into
-PutRecords requests (aggregated per shard), keeps many requests in flight, retries exactly the
-failed entries with backoff, and ends every record as delivered or dead-lettered.
+thread; everything after that runs on one asyncio loop: the sender drains admitted records into
+per-shard queues, packs them into PutRecords requests (aggregated per shard), keeps many
+requests in flight, retries exactly the failed entries with backoff, and hands every record to
+:class:`~kingest.producer.outcomes.Outcomes` to end it as delivered or dead-lettered.
 """
 
 from __future__ import annotations
