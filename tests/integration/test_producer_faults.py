@@ -66,7 +66,7 @@ def _put_waves(
     for i in range(n):
         futures.append(producer.put(make_payload(run_id, i), f"key-{i % keys}", source=source))
         if (i + 1) % per_wave == 0:
-            time.sleep(0.03)
+            producer.flush(timeout=30)
     return futures
 
 

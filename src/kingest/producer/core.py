@@ -14,14 +14,13 @@ import logging
 import threading
 import time
 from bisect import bisect_right
-from collections import Counter, deque
+from collections import deque
 from typing import Any
 
 from kingest.config import ProducerConfig
 from kingest.dlq import DeadLetterQueue
 from kingest.errors import (
     BufferFullError,
-    KinesisError,
     ProducerClosedError,
 )
 from kingest.partition import (
@@ -32,15 +31,14 @@ from kingest.producer.batch import (
     KinesisEntry,
     Pending,
     compressor,
-    encode_put_records,
     make_pending,
     serialize,
-    stream_selector,
 )
 from kingest.producer.buffer import BufferGate
 from kingest.producer.limits import ShardRateLimiter, StreamInfo
 from kingest.producer.outcomes import Outcomes
-from kingest.producer.retry import Backoff, is_retriable_code
+from kingest.producer.retry import Backoff
+from kingest.producer.sender import Sender, stream_params
 from kingest.producer.shards import ShardBuffer, ShardDirectory
 from kingest.producer.stats import ProducerStats
 from kingest.producer.transport import KinesisTransport
@@ -49,8 +47,6 @@ from kingest.record import PENDING, DlqReason, RecordFuture
 log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "default"
-# How often the shard map may be re-read after a record landed on an unexpected shard.
-SHARD_MAP_MIN_REFRESH_S = 1.0
 
 
 class ProducerCore:
@@ -79,14 +75,22 @@ class ProducerCore:
         self.outcomes = Outcomes(stream, dlq, self.stats, self.gate)
         self.info: StreamInfo | None = None
         self.aggregation = config.aggregation
-        self._selector = stream_selector(stream)
         self._ttl_s = config.record_ttl_ms / 1000
         self._compression = compressor(config.compression)
         self._linger_s = config.linger_ms / 1000
-        self._backoff = Backoff(config.retry_base_ms / 1000, config.retry_max_ms / 1000)
         self._max_record_bytes = config.max_record_bytes or 0
         self._inbound: deque[Pending] = deque()
         self._directory = ShardDirectory(ShardMap([]), self._new_limiter)
+        self.sender = Sender(
+            stream,
+            transport,
+            self._directory,
+            self.outcomes,
+            self.stats,
+            Backoff(config.retry_base_ms / 1000, config.retry_max_ms / 1000),
+            config.record_ttl_ms,
+            self._wake,
+        )
         self._aggregator = Aggregator()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -94,14 +98,10 @@ class ProducerCore:
         self._wake_requested = False
         self._sender_idle = True
         self._sender: asyncio.Task[None] | None = None
-        self._sends: set[asyncio.Task[None]] = set()
-        self._in_flight_requests = 0
         self._closed = False
         self._stopping = False
         self._flush_waiters = 0
         self._generation = 0
-        self._last_map_refresh = 0.0
-        self._map_lock: asyncio.Lock | None = None
         threshold_bytes = min(config.max_request_bytes, config.max_buffer_bytes // 8)
         self._wake_bytes = max(threshold_bytes, 1)
         self._wake_records = (
@@ -124,8 +124,7 @@ class ProducerCore:
         self._loop_thread = threading.get_ident()
         self._wake_event = asyncio.Event()
         self.outcomes.done_event = asyncio.Event()
-        self._map_lock = asyncio.Lock()
-        params = _stream_params(self.stream)
+        params = stream_params(self.stream)
         summary = await self.transport.call("DescribeStreamSummary", params)
         self.info = StreamInfo.from_summary(self.stream, summary)
         if not self._max_record_bytes:
@@ -136,7 +135,7 @@ class ProducerCore:
                 extra={"stream": self.stream},
             )
             self.aggregation = False
-        await self._refresh_shard_map(force=True)
+        await self.sender.refresh_shard_map(force=True)
         self._sender = asyncio.create_task(self._run(), name="kingest-sender")
         self._sender.add_done_callback(self._sender_ended)
 
@@ -155,8 +154,7 @@ class ProducerCore:
             self.outcomes.dead_letter(
                 waiting, DlqReason.INTERNAL_ERROR, None, f"the producer failed: {task.exception()}"
             )
-        for send in list(self._sends):
-            send.cancel()
+        self.sender.cancel_all()
         if self.outcomes.done_event is not None:
             self.outcomes.done_event.set()
 
@@ -360,13 +358,12 @@ class ProducerCore:
             now = time.monotonic()
             self._expire(now)
             self.outcomes.retry_backlog()
-            while self._in_flight_requests < self.config.max_in_flight_requests:
+            while self.sender.in_flight < self.config.max_in_flight_requests:
                 entries = self._build_request(now)
                 if entries is None:
                     break
-                self._in_flight_requests += 1
-                self._sends.add(asyncio.create_task(self._send(entries)))
-            if self._stopping and not self._in_flight_requests and not self._has_work():
+                self.sender.send(entries)
+            if self._stopping and not self.sender.in_flight and not self._has_work():
                 return
             delay = self._next_wakeup(now)
             self._sender_idle = delay is None and not self._has_work()
@@ -521,183 +518,7 @@ class ProducerCore:
                 f"not accepted within the record time-to-live ({self.config.record_ttl_ms} ms)",
             )
 
-    # ------------------------------------------------------------------ sending
-
-    async def _send(self, entries: list[KinesisEntry]) -> None:
-        sent_at = time.time()
-        try:
-            body = encode_put_records(self._selector, entries)
-            try:
-                answer = await self.transport.call_raw("PutRecords", body)
-            except KinesisError as exc:
-                self.stats.request(ok=False)
-                _count_attempt(entries, sent_at)
-                if exc.retriable:
-                    self._retry(entries, exc.code or "TransportError")
-                else:
-                    self._dead_letter_entries(
-                        entries, DlqReason.NON_RETRYABLE_ERROR, exc.code, str(exc)
-                    )
-                return
-            self.stats.request(ok=True)
-            await self._settle(entries, answer, sent_at)
-        except asyncio.CancelledError:
-            # Only close() past its timeout cancels a send; whether Kinesis stored the records
-            # is unknown, so they go to the dead-letter queue (a replay may duplicate them).
-            _count_attempt(entries, sent_at)
-            self._dead_letter_entries(
-                entries, DlqReason.SHUTDOWN, None, "the producer was closed mid-request"
-            )
-            raise
-        except Exception:
-            # A bug here must not strand records: they go back for another attempt.
-            log.exception("Unexpected error while sending; records will be retried.")
-            self._retry([e for e in entries if not e.records[-1].done()], "InternalError")
-        finally:
-            for entry in entries:
-                self._directory.finished(entry.shard_id)
-            self._in_flight_requests -= 1
-            task = asyncio.current_task()
-            if task is not None:
-                self._sends.discard(task)
-            self._wake()
-
-    async def _settle(
-        self, entries: list[KinesisEntry], answer: dict[str, Any], sent_at: float
-    ) -> None:
-        """Apply a PutRecords answer entry by entry: deliver, retry or dead-letter each."""
-        results = answer.get("Records")
-        if not isinstance(results, list) or len(results) != len(entries):
-            _count_attempt(entries, sent_at)
-            self._retry(entries, "MalformedAnswer")
-            return
-        now = time.monotonic()
-        misplaced: list[tuple[KinesisEntry, str, str]] = []
-        failed: dict[str, list[KinesisEntry]] = {}
-        final: list[tuple[KinesisEntry, str, str | None]] = []
-        sources: dict[str, int] = {}
-        sizes: dict[str, int] = {}
-        delivered_entries = 0
-        for entry, result in zip(entries, results, strict=True):
-            code = result.get("ErrorCode")
-            if code:
-                if is_retriable_code(code):
-                    failed.setdefault(code, []).append(entry)
-                else:
-                    final.append((entry, code, result.get("ErrorMessage")))
-                continue
-            shard_id = str(result.get("ShardId"))
-            sequence = str(result.get("SequenceNumber"))
-            if entry.aggregated and shard_id != entry.shard_id:
-                misplaced.append((entry, shard_id, sequence))
-                continue
-            self._directory.succeeded(entry.shard_id)
-            self.outcomes.deliver(
-                entry.records, entry.aggregated, shard_id, sequence, sources, sizes
-            )
-            delivered_entries += 1
-        if delivered_entries:
-            self.stats.delivered(sources, sizes, delivered_entries)
-        for code, group in failed.items():
-            _count_attempt(group, sent_at)
-            self._retry(group, code, now)
-        for entry, code, message in final:
-            _count_attempt([entry], sent_at)
-            self.outcomes.dead_letter(entry.records, DlqReason.NON_RETRYABLE_ERROR, code, message)
-        if misplaced:
-            await self._resolve_misplaced(misplaced)
-
-    async def _resolve_misplaced(self, misplaced: list[tuple[KinesisEntry, str, str]]) -> None:
-        """An aggregate landed on another shard than predicted: the shard map is stale.
-
-        Sub-records whose hash lies outside the shard that stored them would be discarded by
-        KCL consumers, so they are sent again after the map is re-read; the others are done.
-        When the storing shard is unknown even to a fresh map, every sub-record is sent again:
-        a duplicate is better than a record no consumer will see.
-        """
-        await self._refresh_shard_map(force=False)
-        if any(self._directory.shard(shard_id) is None for _, shard_id, _ in misplaced):
-            await self._refresh_shard_map(force=True)
-        directory = self._directory
-        resend: list[Pending] = []
-        sources: dict[str, int] = {}
-        sizes: dict[str, int] = {}
-        kept_entries = 0
-        for entry, shard_id, sequence in misplaced:
-            shard = directory.shard(shard_id)
-            kept: list[Pending] = []
-            positions: list[int] = []
-            for position, record in enumerate(entry.records):
-                if shard is not None and shard.owns(record.hash_key):
-                    kept.append(record)
-                    positions.append(position)
-                else:
-                    record.attempts += 1
-                    resend.append(record)
-            if kept:
-                self.outcomes.deliver(kept, True, shard_id, sequence, sources, sizes, positions)
-                kept_entries += 1
-        if kept_entries:
-            self.stats.delivered(sources, sizes, kept_entries)
-        if resend:
-            log.warning(
-                "Re-sending records that landed on the wrong shard after resharding.",
-                extra={"records": len(resend)},
-            )
-            retried: dict[str, int] = {}
-            for record in resend:
-                retried[record.source] = retried.get(record.source, 0) + 1
-                directory.buffer_for(record.hash_key).push_retry(record)
-            self.stats.retried(retried, "WrongShard")
-
-    def _retry(self, entries: list[KinesisEntry], code: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        sources: Counter[str] = Counter()
-        expired: list[Pending] = []
-        for entry in entries:
-            self._directory.failed(entry.shard_id, now, self._backoff)
-            for record in entry.records:
-                if record.deadline <= now:
-                    expired.append(record)
-                    continue
-                sources[record.source] += 1
-                self._directory.buffer_for(record.hash_key).push_retry(record)
-        if sources:
-            self.stats.retried(sources, code)
-        if expired:
-            self.outcomes.dead_letter(
-                expired,
-                DlqReason.TTL_EXPIRED,
-                code,
-                f"still failing ({code}) when the record time-to-live "
-                f"({self.config.record_ttl_ms} ms) ran out",
-            )
-
-    async def _refresh_shard_map(self, *, force: bool) -> None:
-        assert self._map_lock is not None
-        async with self._map_lock:
-            now = time.monotonic()
-            if not force and now - self._last_map_refresh < SHARD_MAP_MIN_REFRESH_S:
-                return
-            shards: list[dict[str, Any]] = []
-            params: dict[str, Any] = _stream_params(self.stream)
-            while True:
-                answer = await self.transport.call("ListShards", params)
-                shards.extend(answer.get("Shards", []))
-                token = answer.get("NextToken")
-                if not token:
-                    break
-                params = {"NextToken": token}
-            self._directory.replace_map(ShardMap.from_list_shards(shards))
-            self._last_map_refresh = time.monotonic()
-
     # ------------------------------------------------------------------ endings
-
-    def _dead_letter_entries(
-        self, entries: list[KinesisEntry], reason: DlqReason, code: str | None, message: str
-    ) -> None:
-        records = [record for entry in entries for record in entry.records]
-        self.outcomes.dead_letter(records, reason, code, message)
 
     def _abandon_all(self) -> None:
         """Dead-letter every record not yet done (close() ran out of time)."""
@@ -707,27 +528,8 @@ class ProducerCore:
             self.outcomes.dead_letter(
                 waiting, DlqReason.SHUTDOWN, None, "the producer was closed before delivery"
             )
-        for task in list(self._sends):
-            task.cancel()
+        self.sender.cancel_all()
 
     def snapshot(self) -> dict[str, Any]:
         """Statistics: the seed's get_stats() fields and more."""
         return self.stats.snapshot(self.gate.records, self.gate.bytes)
-
-
-def _count_attempt(entries: list[KinesisEntry], sent_at: float) -> None:
-    """Stamp the records of failed entries with the attempt they just had.
-
-    Delivered records get their attempt count in their result instead, which keeps this
-    per-record loop off the success path.
-    """
-    for entry in entries:
-        for record in entry.records:
-            record.attempts += 1
-            if record.first_attempt_at is None:
-                record.first_attempt_at = sent_at
-            record.last_attempt_at = sent_at
-
-
-def _stream_params(stream: str) -> dict[str, Any]:
-    return {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
