@@ -15,6 +15,7 @@ import pytest
 from kingest.dlq import DeadLetterQueue
 from kingest.reader import read_all
 from kingest.record import DlqReason
+from tests.faultproxy import FaultPlan, FaultProxy
 
 SUMMARY_FIELDS = [
     "records",
@@ -270,3 +271,30 @@ def test_standard_aws_endpoint_variable_is_honoured(
     assert [r.data for r in read_all(endpoint_url, stream, idle_s=1.0)] == [
         b'{"via": "environment"}'
     ]
+
+
+def test_bad_credentials_are_one_clear_line(
+    endpoint_url: str, stream_factory, tmp_path: Path
+) -> None:
+    """The service refusing the signature (as AWS does for a bad key) ends the command cleanly."""
+    stream = stream_factory(shards=1)
+    plan = FaultPlan(
+        fail_all_code="UnrecognizedClientException",
+        operations=("DescribeStreamSummary", "PutRecords"),
+    )
+    with FaultProxy(endpoint_url, plan) as proxy:
+        result = kingest(
+            "send",
+            "--stream",
+            stream,
+            "--endpoint-url",
+            proxy.url,
+            "-",
+            stdin=b'{"a": 1}\n',
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert err.startswith("kingest send: error:")
+    assert "UnrecognizedClientException" in err
+    assert "Traceback" not in err
