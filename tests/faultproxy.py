@@ -31,13 +31,16 @@ import json
 import random
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from kingest.producer import cbor
+from kingest.producer.cbor import CborError
 
 __all__ = ["FaultPlan", "FaultProxy", "ProxyStats"]
 
@@ -406,11 +409,12 @@ class FaultProxy:
         target = request.headers.get("X-Amz-Target", "")
         operation = target.rpartition(".")[2] if target else ""
 
+        codec = CBOR if "cbor" in request.headers.get("Content-Type", "") else JSON
         records: list[Any] | None = None
         payload: dict[str, Any] | None = None
         if operation == PUT_RECORDS:
             self.stats.incr("put_records_requests")
-            payload = _parse_json_object(body)
+            payload = codec.parse_object(body)
             if payload is not None and isinstance(payload.get("Records"), list):
                 records = payload["Records"]
         decision = self._decide(operation, len(records) if records is not None else 0)
@@ -421,16 +425,16 @@ class FaultProxy:
         if fault == "fail_all":
             self.stats.incr("fail_all")
             code = decision.fail_code or "ValidationException"
-            return _error_response(400, code, f"{code}: injected by faultproxy")
+            return _error_response(400, code, f"{code}: injected by faultproxy", codec)
         if fault == "drop_before_forward":
             self.stats.incr("dropped_before_forward")
             return _abort(request)
         if fault == "http_500":
             self.stats.incr("http_500")
-            return _error_response(500, "InternalFailure", "Internal service failure.")
+            return _error_response(500, "InternalFailure", "Internal service failure.", codec)
         if fault == "http_503":
             self.stats.incr("http_503")
-            return _error_response(503, "ServiceUnavailable", "Service Unavailable.")
+            return _error_response(503, "ServiceUnavailable", "Service Unavailable.", codec)
 
         forward_body = body
         failed_positions: dict[int, str] = {}
@@ -439,14 +443,16 @@ class FaultProxy:
             kept = [r for i, r in enumerate(records) if i not in failed_positions]
             if not kept:
                 # Kinesis rejects an empty Records list, so answer without forwarding.
-                return await self._answer_all_failed(request, payload, failed_positions, decision)
-            forward_body = json.dumps({**payload, "Records": kept}).encode()
+                return await self._answer_all_failed(payload, failed_positions, decision, codec)
+            forward_body = codec.dump({**payload, "Records": kept})
 
         try:
             status, headers, answer = await self._forward(request, forward_body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.stats.incr("upstream_errors")
-            return _error_response(502, "InternalFailure", f"faultproxy: upstream failed: {exc!r}")
+            return _error_response(
+                502, "InternalFailure", f"faultproxy: upstream failed: {exc!r}", codec
+            )
         self.stats.incr("forwarded")
         if records is not None:
             self.stats.incr("entries_forwarded", len(records) - len(failed_positions))
@@ -459,13 +465,13 @@ class FaultProxy:
         # batch, removed entries included, so nothing can get lost.
         if failed_positions and status == 200:
             merged = _merge_put_records_answer(
-                answer, payload or {}, records or [], failed_positions
+                answer, payload or {}, records or [], failed_positions, codec
             )
             if merged is None:
                 # Unparseable answer: the removed entries would silently vanish and the
                 # proxy itself would lose data, so fail the whole request instead.
                 return _error_response(
-                    500, "InternalFailure", "faultproxy: could not rewrite PutRecords answer"
+                    500, "InternalFailure", "faultproxy: could not rewrite PutRecords answer", codec
                 )
             answer = merged
             self.stats.incr("entries_failed_injected", len(failed_positions))
@@ -476,15 +482,15 @@ class FaultProxy:
 
         if fault == "error_after_forward":
             self.stats.incr("error_after_forward")
-            return _error_response(500, "InternalFailure", "Internal service failure.")
+            return _error_response(500, "InternalFailure", "Internal service failure.", codec)
         return web.Response(status=status, body=answer, headers=headers)
 
     async def _answer_all_failed(
         self,
-        request: web.Request,
         payload: dict[str, Any],
         failed_positions: dict[int, str],
         decision: _Decision,
+        codec: _Codec,
     ) -> web.StreamResponse:
         stream = _stream_name(payload)
         answer = {
@@ -499,9 +505,9 @@ class FaultProxy:
             await asyncio.sleep(decision.delay_s)
         return web.Response(
             status=200,
-            body=json.dumps(answer).encode(),
+            body=codec.dump(answer),
             headers={
-                "Content-Type": JSON_CONTENT_TYPE,
+                "Content-Type": codec.content_type,
                 "x-amzn-RequestId": str(uuid.uuid4()),
             },
         )
@@ -532,12 +538,27 @@ def _filter_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {k: v for k, v in items if k.lower() not in _HOP_BY_HOP}
 
 
-def _parse_json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None  # e.g. a CBOR body: request-level faults still apply
-    return value if isinstance(value, dict) else None
+@dataclass(frozen=True)
+class _Codec:
+    """How bodies of one request are read and written: JSON, or CBOR (raw record bytes)."""
+
+    content_type: str
+    loads: Callable[[bytes], Any]
+    dumps: Callable[[Any], bytes]
+
+    def parse_object(self, body: bytes) -> dict[str, Any] | None:
+        try:
+            value = self.loads(body)
+        except (ValueError, UnicodeDecodeError, CborError):
+            return None  # request-level faults still apply
+        return value if isinstance(value, dict) else None
+
+    def dump(self, value: Any) -> bytes:
+        return self.dumps(value)
+
+
+JSON = _Codec(JSON_CONTENT_TYPE, json.loads, lambda value: json.dumps(value).encode())
+CBOR = _Codec("application/x-amz-cbor-1.1", cbor.decode, cbor.encode)
 
 
 def _stream_name(payload: dict[str, Any]) -> str:
@@ -560,9 +581,10 @@ def _merge_put_records_answer(
     payload: dict[str, Any],
     records: list[Any],
     failed_positions: dict[int, str],
+    codec: _Codec,
 ) -> bytes | None:
     """Put injected failures back at their original positions in the upstream answer."""
-    parsed = _parse_json_object(answer)
+    parsed = codec.parse_object(answer)
     if parsed is None or not isinstance(parsed.get("Records"), list):
         return None
     upstream_results: list[Any] = parsed["Records"]
@@ -579,15 +601,18 @@ def _merge_put_records_answer(
     upstream_failed = int(parsed.get("FailedRecordCount") or 0)
     parsed["Records"] = merged
     parsed["FailedRecordCount"] = upstream_failed + len(failed_positions)
-    return json.dumps(parsed).encode()
+    return codec.dump(parsed)
 
 
-def _error_response(status: int, code: str, message: str) -> web.Response:
+def _error_response(
+    status: int, code: str, message: str, codec: _Codec | None = None
+) -> web.Response:
+    codec = codec or JSON
     return web.Response(
         status=status,
-        body=json.dumps({"__type": code, "message": message}).encode(),
+        body=codec.dump({"__type": code, "message": message}),
         headers={
-            "Content-Type": JSON_CONTENT_TYPE,
+            "Content-Type": codec.content_type,
             "x-amzn-RequestId": str(uuid.uuid4()),
         },
     )

@@ -48,6 +48,27 @@ NPM_INSTALL_TIMEOUT_S = 600.0
 # child in its own process group gets no signal from the parent's terminal.
 _LAUNCHER = r"""
 const [dir, port, host, parentPid] = process.argv.slice(1);
+// kinesalite keeps a CBOR request's record data as a Buffer where a JSON request gives it
+// base64 text, and GetRecords in JSON then answers {"type":"Buffer",...}. Stored as base64
+// like JSON's, data written in either protocol reads back right in both.
+const path = require('path');
+for (const name of ['putRecord', 'putRecords']) {
+  const file = require.resolve(path.join(dir, 'actions', name));
+  const original = require(file);
+  const asBase64 = (record) => {
+    if (record && Buffer.isBuffer(record.Data)) record.Data = record.Data.toString('base64');
+  };
+  require.cache[file].exports = function (store, data, cb) {
+    if (name === 'putRecord') asBase64(data); else (data.Records || []).forEach(asBase64);
+    return original(store, data, cb);
+  };
+}
+// kinesalite answers CBOR requests with cbor's Encoder.encodeOne, which returns only the first
+// highWaterMark (16 KiB) of a larger answer: a PutRecords of 200+ plain records came back cut.
+const cbor = require(require.resolve('cbor', { paths: [dir] }));
+const encodeOne = cbor.Encoder.encodeOne;
+cbor.Encoder.encodeOne = (obj, options) =>
+  encodeOne(obj, Object.assign({ highWaterMark: 64 * 1024 * 1024 }, options));
 const server = require(dir)({
   createStreamMs: 0, deleteStreamMs: 0, updateStreamMs: 0, shardLimit: 10000,
 });

@@ -40,6 +40,9 @@ import orjson
 
 from kingest.errors import ConfigError
 from kingest.local.kinesalite import ServerProcess, connect_url
+from kingest.producer.cbor import CborError
+from kingest.producer.cbor import decode as cbor_decode
+from kingest.producer.cbor import encode as cbor_encode
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +129,26 @@ class NullKinesis:
             "shards": self.shards,
         }
 
-    def handle(self, operation: str, body: bytes | bytearray) -> tuple[int, bytes]:
+    def handle(
+        self, operation: str, body: bytes | bytearray, *, cbor: bool = False
+    ) -> tuple[int, bytes]:
         """Answer one Kinesis API call.
 
         Args:
             operation: the operation from ``X-Amz-Target`` without its prefix.
-            body: the JSON request body.
+            body: the request body, JSON or (``cbor``) CBOR.
+            cbor: the request is CBOR, and so is the answer.
 
         Returns:
-            HTTP status and JSON answer body.
+            HTTP status and answer body.
         """
+        status, answer = self._handle(operation, body, cbor)
+        if cbor:
+            # Answers are built as JSON; the few CBOR ones are converted rather than built twice.
+            answer = cbor_encode(orjson.loads(answer))
+        return status, answer
+
+    def _handle(self, operation: str, body: bytes | bytearray, cbor: bool) -> tuple[int, bytes]:
         self.requests += 1
         self.body_bytes += len(body)
         self.operations[operation] += 1
@@ -143,11 +156,16 @@ class NullKinesis:
         if handler is None:
             return _error(400, "UnknownOperationException", f"unknown operation {operation!r}")
         try:
-            params = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError:
-            return _error(400, "SerializationException", "the request body is not JSON")
+            if not body:
+                params = {}
+            elif cbor:
+                params = cbor_decode(bytes(body))
+            else:
+                params = orjson.loads(body)
+        except (orjson.JSONDecodeError, CborError):
+            return _error(400, "SerializationException", "the request body does not decode")
         if not isinstance(params, dict):
-            return _error(400, "SerializationException", "the request body is not a JSON object")
+            return _error(400, "SerializationException", "the request body is not an object")
         try:
             return 200, handler(params)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -265,6 +283,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._method = b""
         self._path = b""
         self._target = b""
+        self._cbor = False
         self._close_after = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -310,6 +329,7 @@ class _HttpProtocol(asyncio.Protocol):
             return False
         length = 0
         target = b""
+        self._cbor = False
         expect_continue = False
         close = version != b"HTTP/1.1"
         for line in lines[1:]:
@@ -323,6 +343,8 @@ class _HttpProtocol(asyncio.Protocol):
                     return False
             elif name == b"x-amz-target":
                 target = value.strip()
+            elif name == b"content-type":
+                self._cbor = b"cbor" in value.lower()
             elif name == b"connection":
                 token = value.strip().lower()
                 close = token == b"close" or (close and token != b"keep-alive")
@@ -350,7 +372,7 @@ class _HttpProtocol(asyncio.Protocol):
                     400, "UnknownOperationException", f"unknown X-Amz-Target {target!r}"
                 )
             else:
-                status, answer = state.handle(target[len(TARGET_PREFIX) :], body)
+                status, answer = state.handle(target[len(TARGET_PREFIX) :], body, cbor=self._cbor)
         elif self._method == b"GET" and self._path.split(b"?", 1)[0] == b"/stats":
             status, answer = 200, orjson.dumps(state.stats())
         elif self._method == b"GET":
@@ -363,15 +385,12 @@ class _HttpProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        head = (
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/x-amz-json-1.1\r\n"
-            b"Content-Length: %d\r\n%s\r\n"
-            % (
-                status,
-                _REASONS.get(status, b"Error"),
-                len(body),
-                b"Connection: close\r\n" if close else b"",
-            )
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
+            status,
+            _REASONS.get(status, b"Error"),
+            b"application/x-amz-cbor-1.1" if self._cbor else b"application/x-amz-json-1.1",
+            len(body),
+            b"Connection: close\r\n" if close else b"",
         )
         transport.write(head + body)
         if close:

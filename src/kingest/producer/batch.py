@@ -21,6 +21,7 @@ from kingest.partition import (
     partition_key_problem,
 )
 from kingest.producer.aggregate import Aggregator
+from kingest.producer.cbor import head as cbor_head
 from kingest.producer.limits import PARTITION_KEY_MAX_CHARS
 from kingest.record import PENDING, DlqReason, RecordFuture
 
@@ -139,6 +140,40 @@ def stream_selector(stream: str) -> bytes:
     """The JSON member naming the stream: StreamARN for an ARN, StreamName otherwise."""
     member = "StreamARN" if stream.startswith("arn:") else "StreamName"
     return b'"' + member.encode() + b'":' + _dumps(stream)
+
+
+def stream_selector_cbor(stream: str) -> bytes:
+    """The CBOR map member naming the stream (see :func:`stream_selector`)."""
+    member = b"StreamARN" if stream.startswith("arn:") else b"StreamName"
+    name = stream.encode()
+    return cbor_head(3, len(member)) + member + cbor_head(3, len(name)) + name
+
+
+_CBOR_RECORDS = cbor_head(3, 7) + b"Records"
+_CBOR_DATA = cbor_head(3, 4) + b"Data"
+_CBOR_PARTITION_KEY = cbor_head(3, 12) + b"PartitionKey"
+_CBOR_HASH_KEY = cbor_head(3, 15) + b"ExplicitHashKey"
+
+
+def encode_put_records_cbor(selector: bytes, entries: list[KinesisEntry]) -> bytes:
+    """The CBOR body of a PutRecords request: record data travels as raw bytes."""
+    parts = [b"\xa2", selector, _CBOR_RECORDS, cbor_head(4, len(entries))]
+    append = parts.append
+    for entry in entries:
+        append(b"\xa2" if entry.explicit_hash_key is None else b"\xa3")
+        append(_CBOR_DATA)
+        append(cbor_head(2, len(entry.data)))
+        append(entry.data)
+        key = entry.partition_key.encode()
+        append(_CBOR_PARTITION_KEY)
+        append(cbor_head(3, len(key)))
+        append(key)
+        if entry.explicit_hash_key is not None:
+            hash_key = entry.explicit_hash_key.encode()
+            append(_CBOR_HASH_KEY)
+            append(cbor_head(3, len(hash_key)))
+            append(hash_key)
+    return b"".join(parts)
 
 
 def encode_put_records(selector: bytes, entries: list[KinesisEntry]) -> bytes:

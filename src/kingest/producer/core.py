@@ -90,6 +90,7 @@ class ProducerCore:
             Backoff(config.retry_base_ms / 1000, config.retry_max_ms / 1000),
             config.record_ttl_ms,
             self._wake,
+            config.wire_protocol,
         )
         self._aggregator = Aggregator()
         self._loop: asyncio.AbstractEventLoop | None = None

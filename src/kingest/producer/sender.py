@@ -17,12 +17,19 @@ from typing import Any
 
 from kingest.errors import KinesisError
 from kingest.partition import ShardMap
-from kingest.producer.batch import KinesisEntry, Pending, encode_put_records, stream_selector
+from kingest.producer.batch import (
+    KinesisEntry,
+    Pending,
+    encode_put_records,
+    encode_put_records_cbor,
+    stream_selector,
+    stream_selector_cbor,
+)
 from kingest.producer.outcomes import Outcomes
 from kingest.producer.retry import Backoff, is_retriable_code
 from kingest.producer.shards import ShardDirectory
 from kingest.producer.stats import ProducerStats
-from kingest.producer.transport import KinesisTransport
+from kingest.producer.transport import CBOR_CONTENT_TYPE, CONTENT_TYPE, KinesisTransport
 from kingest.record import DlqReason
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,7 @@ class Sender:
         backoff: Backoff,
         ttl_ms: int,
         wake: Callable[[], None],
+        wire_protocol: str = "cbor",
     ) -> None:
         self.stream = stream
         self.transport = transport
@@ -65,7 +73,14 @@ class Sender:
         self._backoff = backoff
         self._ttl_ms = ttl_ms
         self._wake = wake
-        self._selector = stream_selector(stream)
+        if wire_protocol == "cbor":
+            self._selector = stream_selector_cbor(stream)
+            self._encode = encode_put_records_cbor
+            self._content_type = CBOR_CONTENT_TYPE
+        else:
+            self._selector = stream_selector(stream)
+            self._encode = encode_put_records
+            self._content_type = CONTENT_TYPE
         self._tasks: set[asyncio.Task[None]] = set()
         self._map_lock = asyncio.Lock()
         self._last_map_refresh = 0.0
@@ -83,9 +98,9 @@ class Sender:
     async def _send(self, entries: list[KinesisEntry]) -> None:
         sent_at = time.time()
         try:
-            body = encode_put_records(self._selector, entries)
+            body = self._encode(self._selector, entries)
             try:
-                answer = await self.transport.call_raw("PutRecords", body)
+                answer = await self.transport.call_raw("PutRecords", body, self._content_type)
             except KinesisError as exc:
                 self.stats.request(ok=False)
                 _count_attempt(entries, sent_at)

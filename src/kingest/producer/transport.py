@@ -31,11 +31,14 @@ from kingest.errors import (
     StreamNotFoundError,
     TransportError,
 )
+from kingest.producer.cbor import CborError
+from kingest.producer.cbor import decode as cbor_decode
 
 log = logging.getLogger(__name__)
 
 TARGET_PREFIX = "Kinesis_20131202."  # Kinesis API version 2013-12-02
 CONTENT_TYPE = "application/x-amz-json-1.1"
+CBOR_CONTENT_TYPE = "application/x-amz-cbor-1.1"
 LOCAL_REGION = "us-east-1"
 # Local emulators check only that requests are signed, not by whom.
 LOCAL_CREDENTIALS = ("kingest-local", "kingest-local")
@@ -48,8 +51,8 @@ class _RequestBody(BytesPayload):
     at most 10 MiB by construction and the transport buffers the write, so the warning is noise.
     """
 
-    def __init__(self, value: bytes) -> None:
-        Payload.__init__(self, value, content_type=CONTENT_TYPE)
+    def __init__(self, value: bytes, content_type: str) -> None:
+        Payload.__init__(self, value, content_type=content_type)
         self._size = len(value)
 
 
@@ -139,13 +142,13 @@ class KinesisTransport:
             )
         return self._http
 
-    def _signed_headers(self, operation: str, body: bytes) -> dict[str, str]:
+    def _signed_headers(self, operation: str, body: bytes, content_type: str) -> dict[str, str]:
         request = AWSRequest(
             method="POST",
             url=self.endpoint_url,
             data=body,
             headers={
-                "Content-Type": CONTENT_TYPE,
+                "Content-Type": content_type,
                 "X-Amz-Target": TARGET_PREFIX + operation,
                 "User-Agent": "kingest",
             },
@@ -164,15 +167,24 @@ class KinesisTransport:
         """
         return await self.call_raw(operation, orjson.dumps(params))
 
-    async def call_raw(self, operation: str, body: bytes) -> dict[str, Any]:
-        """Like :meth:`call` with the JSON body already encoded (the PutRecords hot path)."""
-        headers = self._signed_headers(operation, body)
+    async def call_raw(
+        self, operation: str, body: bytes, content_type: str = CONTENT_TYPE
+    ) -> dict[str, Any]:
+        """Like :meth:`call` with the body already encoded (the PutRecords hot path).
+
+        Args:
+            operation: the Kinesis operation.
+            body: the request, JSON or CBOR.
+            content_type: :data:`CONTENT_TYPE` (JSON) or :data:`CBOR_CONTENT_TYPE`.
+        """
+        headers = self._signed_headers(operation, body, content_type)
         try:
             async with self._session().post(
-                self.endpoint_url, data=_RequestBody(body), headers=headers
+                self.endpoint_url, data=_RequestBody(body, content_type), headers=headers
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+                answer_type = resp.headers.get("Content-Type", "")
         except TimeoutError as exc:
             raise TransportError(
                 f"{operation} timed out after {self._request_timeout_s:g}s", code="RequestTimeout"
@@ -184,13 +196,19 @@ class KinesisTransport:
             ) from exc
         if status == 200:
             try:
-                answer: dict[str, Any] = orjson.loads(raw) if raw else {}
-            except orjson.JSONDecodeError as exc:
+                answer = _decode(raw, answer_type)
+            except (orjson.JSONDecodeError, CborError) as exc:
                 raise TransportError(
-                    f"{operation} answered 200 with a body that is not JSON", code="MalformedAnswer"
+                    f"{operation} answered 200 with a body that does not decode",
+                    code="MalformedAnswer",
                 ) from exc
+            if not isinstance(answer, dict):
+                raise TransportError(
+                    f"{operation} answered 200 with a body that is not an object",
+                    code="MalformedAnswer",
+                )
             return answer
-        raise _error_from_answer(operation, status, raw)
+        raise _error_from_answer(operation, status, raw, answer_type)
 
     async def close(self) -> None:
         """Close pooled connections. The transport opens new ones if used again."""
@@ -199,15 +217,23 @@ class KinesisTransport:
             self._http = None
 
 
-def _error_from_answer(operation: str, status: int, raw: bytes) -> KinesisError:
+def _decode(raw: bytes, content_type: str) -> Any:
+    if not raw:
+        return {}
+    if "cbor" in content_type:
+        return cbor_decode(raw)
+    return orjson.loads(raw)
+
+
+def _error_from_answer(operation: str, status: int, raw: bytes, content_type: str) -> KinesisError:
     code: str | None = None
     message = ""
     try:
-        body = orjson.loads(raw) if raw else {}
+        body = _decode(raw, content_type)
         if isinstance(body, dict):
             code = str(body.get("__type") or body.get("code") or "") or None
             message = str(body.get("message") or body.get("Message") or "")
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, CborError):
         message = raw[:200].decode("utf-8", "replace")
     if code and "#" in code:
         code = code.rsplit("#", 1)[1]  # "com.amazonaws.kinesis.v20131202#Code" -> "Code"
