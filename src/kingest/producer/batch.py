@@ -201,12 +201,14 @@ def serialize(payload: Any) -> bytes:
     Raises:
         TypeError: the payload cannot be serialised as JSON.
     """
-    if type(payload) is bytes:
-        return payload
-    if isinstance(payload, bytes | bytearray | memoryview):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode()
+    kind = type(payload)
+    if kind is bytes:
+        return payload  # type: ignore[no-any-return]
+    if kind is not dict:
+        if isinstance(payload, (bytearray, memoryview)):
+            return bytes(payload)
+        if isinstance(payload, str):
+            return payload.encode()
     # orjson's result may sit in a 4 KiB allocation whatever its length; a tight copy keeps
     # buffered records at their real size.
     return memoryview(orjson.dumps(payload)).tobytes()

@@ -142,8 +142,11 @@ class Producer:
             ProducerClosedError: after close().
             BufferFullError: no buffer room within ``timeout``.
         """
-        pending = self._core.prepare(payload, partition_key, explicit_hash_key, source)
-        return self._core.admit_blocking(pending, timeout)
+        core = self._core
+        pending = core.prepare(payload, partition_key, explicit_hash_key, source)
+        if core.try_admit(pending):
+            return pending
+        return core.admit_blocking(pending, timeout)
 
     def reject(
         self,
