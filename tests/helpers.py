@@ -75,15 +75,7 @@ def call(endpoint_url: str, operation: str, params: dict[str, Any]) -> dict[str,
 
 
 async def _list_shards(transport: KinesisTransport, stream: str) -> list[dict[str, Any]]:
-    shards: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"StreamName": stream}
-    while True:
-        answer = await transport.call("ListShards", params)
-        shards.extend(answer.get("Shards", []))
-        token = answer.get("NextToken")
-        if not token:
-            return shards
-        params = {"NextToken": token}
+    return await transport.list_shards(stream)
 
 
 def list_shards(endpoint_url: str, stream: str) -> list[ShardRange]:

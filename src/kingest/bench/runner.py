@@ -308,15 +308,7 @@ async def read_back(
         records: how many records the run put (their ids are 0..records-1).
         since: read from this Unix time (AT_TIMESTAMP); None reads from TRIM_HORIZON.
     """
-    shards: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"StreamName": stream}
-    while True:
-        answer = await transport.call("ListShards", params)
-        shards.extend(answer.get("Shards", []))
-        token = answer.get("NextToken")
-        if not token:
-            break
-        params = {"NextToken": token}
+    shards = await transport.list_shards(stream)
     seen = bytearray(records)
     found = ReadBack()
     for shard in shards:

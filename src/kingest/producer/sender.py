@@ -250,15 +250,7 @@ class Sender:
             now = time.monotonic()
             if not force and now - self._last_map_refresh < SHARD_MAP_MIN_REFRESH_S:
                 return
-            shards: list[dict[str, Any]] = []
-            params: dict[str, Any] = stream_params(self.stream)
-            while True:
-                answer = await self.transport.call("ListShards", params)
-                shards.extend(answer.get("Shards", []))
-                token = answer.get("NextToken")
-                if not token:
-                    break
-                params = {"NextToken": token}
+            shards = await self.transport.list_shards(self.stream)
             self._directory.replace_map(ShardMap.from_list_shards(shards))
             self._last_map_refresh = time.monotonic()
 

@@ -210,6 +210,28 @@ class KinesisTransport:
             return answer
         raise _error_from_answer(operation, status, raw, answer_type)
 
+    async def list_shards(self, stream: str) -> list[dict[str, Any]]:
+        """Every shard of a stream (closed ones included), following ListShards' pages.
+
+        Args:
+            stream: stream name or ARN.
+
+        Raises:
+            StreamNotFoundError: the stream does not exist.
+            KinesisError: any other failure.
+        """
+        shards: list[dict[str, Any]] = []
+        member = "StreamARN" if stream.startswith("arn:") else "StreamName"
+        params: dict[str, Any] = {member: stream}
+        while True:
+            answer = await self.call("ListShards", params)
+            shards.extend(answer.get("Shards", []))
+            token = answer.get("NextToken")
+            if not token:
+                return shards
+            # A page token stands for the stream: Kinesis refuses both together.
+            params = {"NextToken": token}
+
     async def close(self) -> None:
         """Close pooled connections. The transport opens new ones if used again."""
         if self._http is not None:
