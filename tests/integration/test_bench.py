@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from kingest.bench.runner import COLUMNS, format_report
+from kingest.bench.report import COLUMNS, format_report
 from kingest.errors import ConfigError
 from kingest.local.kinesalite import ensure_installed
 

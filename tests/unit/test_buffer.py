@@ -56,6 +56,7 @@ def test_acquire_blocks_a_thread_until_release() -> None:
     got: list[bool] = []
     thread = threading.Thread(target=lambda: got.append(gate.acquire(1, timeout=10)))
     thread.start()
+    # A negative (it did not return) can only be observed over some time.
     time.sleep(0.05)
     assert not got, "acquire() returned although the gate was full"
     gate.release(1, 1)

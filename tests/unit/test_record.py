@@ -86,7 +86,10 @@ def test_many_threads_wait_on_one_future() -> None:
     threads = [threading.Thread(target=wait) for _ in range(8)]
     for thread in threads:
         thread.start()
-    time.sleep(0.02)
+    # Resolve once a waiter has set up the event the others share.
+    deadline = time.monotonic() + 5
+    while future._event is None and time.monotonic() < deadline:
+        time.sleep(0.001)
     future.set_delivered(Delivery("s", "1", False), 0, 1)
     for thread in threads:
         thread.join(5)

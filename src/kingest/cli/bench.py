@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 
 from kingest.bench import ENDPOINTS, IMPLEMENTATIONS
-from kingest.bench.runner import BenchOptions, format_report, run_bench, run_memory_check
+from kingest.bench.report import format_report
+from kingest.bench.runner import BenchOptions, run_bench, run_memory_check
 from kingest.bench.worker import min_record_bytes
 from kingest.cli.common import positive_int
 from kingest.errors import ConfigError
