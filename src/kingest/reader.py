@@ -603,7 +603,7 @@ def read_all(
         CredentialsError: no usable region or credentials for a non-local endpoint.
     """
     # Imported here: the embedded endpoint's module is a heavier import than reading needs.
-    from kingest.local.kinesalite import run_sync
+    from kingest.local.process import run_sync
 
     async def collect() -> list[ReadRecord]:
         transport = KinesisTransport(endpoint_url=endpoint_url, region=region)

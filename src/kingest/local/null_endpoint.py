@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 
 from kingest.errors import ConfigError
-from kingest.local.kinesalite import ServerProcess, connect_url
+from kingest.local.process import ServerProcess, connect_url
 from kingest.producer.cbor import CborError
 from kingest.producer.cbor import decode as cbor_decode
 from kingest.producer.cbor import encode as cbor_encode
