@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from kingest.errors import ConfigError
-from kingest.local.kinesalite import LocalKinesis, ensure_installed
+from kingest.local.kinesalite import LocalKinesis
+from tests.helpers import require_embedded_endpoint
 
 
 @pytest.fixture(scope="session")
@@ -19,12 +18,7 @@ def local_kinesis() -> Iterator[LocalKinesis]:
     Skips the tests that need it when Node.js or npm is missing; under CI=true that fails them
     instead, so a CI image without Node.js cannot pass by skipping.
     """
-    try:
-        ensure_installed()
-    except ConfigError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"embedded Kinesis endpoint unavailable: {exc}")
-        pytest.skip(f"embedded Kinesis endpoint unavailable: {exc}")
+    require_embedded_endpoint()
     local = LocalKinesis()
     try:
         local.start()

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
+import pytest
 
 from kingest.dlq import DeadLetterQueue, DlqEntry
+from kingest.errors import ConfigError
+from kingest.local.kinesalite import ensure_installed
 from kingest.partition import hash_key_of, parse_explicit_hash_key
 from kingest.producer.aggregate import deaggregate
 from kingest.producer.transport import KinesisTransport
@@ -206,3 +210,14 @@ def kcl_visible(records: list[ReadRecord], shards: list[ShardRange]) -> list[Rea
     """
     by_id = {s.shard_id: s for s in shards}
     return [r for r in records if by_id[r.shard_id].owns(r.hash_key)]
+
+
+def require_embedded_endpoint() -> None:
+    """Install the embedded endpoint, or skip for want of Node.js; under CI=true, fail instead
+    so a CI image without Node.js cannot pass by skipping."""
+    try:
+        ensure_installed(quiet=True)
+    except ConfigError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"embedded Kinesis endpoint unavailable: {exc}")
+        pytest.skip(f"embedded Kinesis endpoint unavailable: {exc}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from typing import Any
@@ -11,8 +10,7 @@ import orjson
 import pytest
 
 from kingest.bench.report import COLUMNS, format_report
-from kingest.errors import ConfigError
-from kingest.local.kinesalite import ensure_installed
+from tests.helpers import require_embedded_endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +28,6 @@ def _bench(*args: str) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr[-3000:]
     report: dict[str, Any] = orjson.loads(done.stdout)
     return report
-
-
-def _require_node() -> None:
-    try:
-        ensure_installed(quiet=True)
-    except ConfigError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"embedded Kinesis endpoint unavailable: {exc}")
-        pytest.skip(f"embedded Kinesis endpoint unavailable: {exc}")
 
 
 def _assert_complete(row: dict[str, Any], records: int) -> None:
@@ -79,7 +68,7 @@ def test_null_endpoint_kingest_and_boto3() -> None:
 
 
 def test_embedded_endpoint_all_implementations_read_back() -> None:
-    _require_node()
+    require_embedded_endpoint()
     report = _bench("--records", "2000", "--endpoints", "embedded", "--seed-timeout", "60")
     rows = report["rows"]
     assert [r["implementation"] for r in rows] == ["kingest", "boto3", "seed"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -15,10 +14,9 @@ import pytest
 
 from kingest.cli.demo import RecordMix, enrich
 from kingest.cli.main import main
-from kingest.errors import ConfigError
-from kingest.local.kinesalite import ensure_installed
 from kingest.reader import ReadRecord, read_all
 from kingest.sources.simulate import partition_key_for
+from tests.helpers import require_embedded_endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -41,15 +39,6 @@ def _json_demo(*args: str) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr[-3000:]
     report: dict[str, Any] = orjson.loads(done.stdout)
     return report
-
-
-def _require_node() -> None:
-    try:
-        ensure_installed(quiet=True)
-    except ConfigError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"embedded Kinesis endpoint unavailable: {exc}")
-        pytest.skip(f"embedded Kinesis endpoint unavailable: {exc}")
 
 
 def _assert_complete(report: dict[str, Any], counts: dict[str, int]) -> None:
@@ -79,7 +68,7 @@ def _check_complete(report: dict[str, Any], counts: dict[str, int]) -> None:
 
 
 def test_demo_on_the_embedded_endpoint() -> None:
-    _require_node()
+    require_embedded_endpoint()
     report = _json_demo("--records", "3000", "--seed", "42")
     # The seed's proportions, 2 : 6 : 1.
     _assert_complete(report, {"web_logs": 667, "iot_sensors": 2000, "database_cdc": 333})
