@@ -81,7 +81,16 @@ class Pending(RecordFuture):
 class KinesisEntry:
     """One PutRecords entry and the user records it carries."""
 
-    __slots__ = ("aggregated", "data", "explicit_hash_key", "partition_key", "records", "shard_id")
+    __slots__ = (
+        "aggregated",
+        "data",
+        "explicit_hash_key",
+        "partition_key",
+        "records",
+        "shard_id",
+        "source",
+        "user_bytes",
+    )
 
     def __init__(
         self,
@@ -91,6 +100,8 @@ class KinesisEntry:
         shard_id: str,
         records: list[Pending],
         aggregated: bool,
+        source: str | None = None,
+        user_bytes: int = 0,
     ) -> None:
         self.data = data
         self.partition_key = partition_key
@@ -98,6 +109,11 @@ class KinesisEntry:
         self.shard_id = shard_id
         self.records = records
         self.aggregated = aggregated
+        # The one source of every record carried, or None when they are mixed (or unknown);
+        # with it, statistics are counted once per entry instead of once per record.
+        self.source = source
+        # Sum of the carried records' sizes, meaningful when ``source`` is set.
+        self.user_bytes = user_bytes
 
     @property
     def size(self) -> int:
@@ -114,16 +130,24 @@ class KinesisEntry:
             shard_id,
             [record],
             aggregated=False,
+            source=record.source,
+            user_bytes=record.size,
         )
 
     @classmethod
     def aggregate(
-        cls, records: list[Pending], aggregator: Aggregator, shard_id: str
+        cls,
+        records: list[Pending],
+        aggregator: Aggregator,
+        shard_id: str,
+        source: str | None = None,
+        user_bytes: int = 0,
     ) -> KinesisEntry:
         """An entry carrying ``records`` (already added to ``aggregator``) as one KPL record.
 
         The Kinesis record takes the first record's partition key, and its explicit hash key
         when it has one, so it lands on the shard every record in it was grouped for.
+        ``source`` and ``user_bytes`` are as in :class:`KinesisEntry`.
         """
         first = records[0]
         return cls(
@@ -133,6 +157,8 @@ class KinesisEntry:
             shard_id,
             records,
             aggregated=True,
+            source=source,
+            user_bytes=user_bytes,
         )
 
 
@@ -210,7 +236,8 @@ def serialize(payload: Any) -> bytes:
         if isinstance(payload, str):
             return payload.encode()
     # orjson's result may sit in a 4 KiB allocation whatever its length; a tight copy keeps
-    # buffered records at their real size.
+    # buffered records at their real size (and is cheaper in the end than the page faults
+    # of the larger heap).
     return memoryview(orjson.dumps(payload)).tobytes()
 
 
@@ -260,7 +287,7 @@ def make_pending(
             data, partition_key, None, hash_key_of(partition_key), source, size, deadline
         )
         if size > max_record_bytes:
-            return pending, _too_large(size, max_record_bytes)
+            return pending, too_large(size, max_record_bytes)
         return pending, None
     if isinstance(partition_key, str):
         problem = partition_key_problem(partition_key)
@@ -288,11 +315,12 @@ def make_pending(
     if problem is not None:
         return pending, (DlqReason.INVALID_PARTITION_KEY, problem)
     if size > max_record_bytes:
-        return pending, _too_large(size, max_record_bytes)
+        return pending, too_large(size, max_record_bytes)
     return pending, None
 
 
-def _too_large(size: int, max_record_bytes: int) -> tuple[DlqReason, str]:
+def too_large(size: int, max_record_bytes: int) -> tuple[DlqReason, str]:
+    """The dead-letter reason, code and message of a record over the size limit."""
     return (
         DlqReason.RECORD_TOO_LARGE,
         f"record is {size} bytes (data + partition key); "

@@ -56,17 +56,25 @@ class Outcomes:
         sources: dict[str, int],
         sizes: dict[str, int],
         positions: list[int] | None = None,
+        *,
+        source: str | None = None,
+        user_bytes: int = 0,
     ) -> None:
         """Resolve records Kinesis accepted, count them per source into the two dicts, and
         release their buffer room: one pass, since this runs for every record sent.
 
         ``positions`` are the records' places in the stored aggregate when they are not
-        simply 0, 1, 2... (some of an aggregate's records were sent again).
+        simply 0, 1, 2... (some of an aggregate's records were sent again). ``source``, when
+        given, is the source of every record and ``user_bytes`` the sum of their sizes.
         """
         delivery = Delivery(shard_id, sequence, aggregated)
         undone = self.undone
         held_records = 0
         held_bytes = 0
+        per_record = source is None
+        if source is not None:
+            sources[source] = sources.get(source, 0) + len(records)
+            sizes[source] = sizes.get(source, 0) + user_bytes
         numbered = enumerate(records) if positions is None else zip(positions, records, strict=True)
         for index, record in numbered:
             # RecordFuture.set_delivered, inlined: this loop is the send path's per-record cost.
@@ -76,10 +84,11 @@ class Outcomes:
                 record._result = delivery
                 if record._event is not None or record._callbacks is not None:
                     record._wake_waiters()
-            source = record.source
             size = record.size
-            sources[source] = sources.get(source, 0) + 1
-            sizes[source] = sizes.get(source, 0) + size
+            if per_record:
+                record_source = record.source
+                sources[record_source] = sources.get(record_source, 0) + 1
+                sizes[record_source] = sizes.get(record_source, 0) + size
             if record.held:
                 record.held = False
                 held_records += 1

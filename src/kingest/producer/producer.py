@@ -143,8 +143,8 @@ class Producer:
             BufferFullError: no buffer room within ``timeout``.
         """
         core = self._core
-        pending = core.prepare(payload, partition_key, explicit_hash_key, source)
-        if core.try_admit(pending):
+        pending, settled = core.offer(payload, partition_key, explicit_hash_key, source)
+        if settled:
             return pending
         return core.admit_blocking(pending, timeout)
 
@@ -287,7 +287,9 @@ class AsyncProducer:
         """
         if not self._started:
             await self.start()
-        pending = self._core.prepare(payload, partition_key, explicit_hash_key, source)
+        pending, settled = self._core.offer(payload, partition_key, explicit_hash_key, source)
+        if settled:
+            return pending
         return await self._core.admit_async(pending, timeout)
 
     async def put_record(self, record: Record, *, timeout: float | None = None) -> RecordFuture:

@@ -165,7 +165,14 @@ class Sender:
                 continue
             self._directory.succeeded(entry.shard_id)
             self.outcomes.deliver(
-                entry.records, entry.aggregated, shard_id, sequence, sources, sizes
+                entry.records,
+                entry.aggregated,
+                shard_id,
+                sequence,
+                sources,
+                sizes,
+                source=entry.source,
+                user_bytes=entry.user_bytes,
             )
             delivered_entries += 1
         if delivered_entries:
