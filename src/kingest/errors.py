@@ -8,6 +8,7 @@
     ├── ProducerClosedError           put() after close()
     ├── BufferFullError               put() could not get buffer space in time
     ├── AggregationFormatError        starts with the KPL magic but is not a valid aggregate
+    ├── CheckpointError               the checkpoint store cannot be opened, read or written
     └── KinesisError                  an answer from the service (``code`` is the AWS error code)
         ├── StreamNotFoundError       ResourceNotFoundException
         └── TransportError            no answer at all: refused, reset, timed out (retriable)
@@ -93,6 +94,10 @@ class AggregationFormatError(KingestError):
     practically never starts with the four magic bytes, so such data is treated as damage rather
     than passed through as one opaque record.
     """
+
+
+class CheckpointError(KingestError):
+    """The checkpoint file cannot be opened, read or written (corrupt, unwritable, closed)."""
 
 
 class KinesisError(KingestError):

@@ -8,7 +8,6 @@ exits 0 only when every record was accepted by Kinesis.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import threading
 import time
@@ -19,10 +18,9 @@ import orjson
 
 from kingest.cli.common import add_aws_arguments, add_producer_arguments, producer_settings
 from kingest.errors import ConfigError
+from kingest.keys import KeyTemplate
 from kingest.producer.producer import Producer
 from kingest.record import DlqReason
-
-_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -63,57 +61,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_aws_arguments(parser)
     parser.set_defaults(handler=run)
     return parser
-
-
-class KeyExtractor:
-    """Builds a record's partition key from its JSON fields.
-
-    Args:
-        field: dotted path of one field whose value is the key.
-        template: text with ``{dotted.path}`` placeholders (or a constant).
-    """
-
-    def __init__(self, field: str | None, template: str | None) -> None:
-        self.constant: str | None = None
-        self.paths: list[list[str]] = []
-        self.template = template
-        if field is not None:
-            self.paths = [field.split(".")]
-            self.template = "{0}"
-        elif template is not None:
-            names = _PLACEHOLDER.findall(template)
-            if not names:
-                self.constant = template
-            else:
-                self.paths = [name.split(".") for name in names]
-                # "{a.b}-{c}" becomes "{0}-{1}" so str.format never sees the dotted paths.
-                numbered = iter(range(len(names)))
-                self.template = _PLACEHOLDER.sub(lambda _: f"{{{next(numbered)}}}", template)
-
-    @property
-    def needs_fields(self) -> bool:
-        """True when the key depends on the record's content."""
-        return bool(self.paths)
-
-    def key(self, document: Any) -> str:
-        """The partition key of one parsed record.
-
-        Raises:
-            KeyError: a field is missing, null, or not a scalar.
-        """
-        values = []
-        for path in self.paths:
-            value = document
-            for part in path:
-                if not isinstance(value, dict) or part not in value:
-                    raise KeyError(f"field {'.'.join(path)} is missing")
-                value = value[part]
-            if value is None or isinstance(value, (dict, list)):
-                kind = "null" if value is None else type(value).__name__
-                raise KeyError(f"field {'.'.join(path)} is {kind}, not a usable key")
-            values.append(value if isinstance(value, str) else orjson.dumps(value).decode())
-        assert self.template is not None
-        return self.template.format(*values)
 
 
 def _open_inputs(names: list[str]) -> Iterator[tuple[str, IO[bytes]]]:
@@ -187,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    extractor = KeyExtractor(args.partition_key_field, args.partition_key)
+    extractor = KeyTemplate(args.partition_key_field, args.partition_key)
     if args.raw and extractor.needs_fields:
         print(
             "kingest send: error: a --partition-key template with fields needs JSON input, "
@@ -251,7 +198,7 @@ def _send_lines(
     name: str,
     handle: IO[bytes],
     raw: bool,
-    extractor: KeyExtractor,
+    extractor: KeyTemplate,
     source: str,
     progress: Progress,
 ) -> int:

@@ -292,6 +292,40 @@ class AsyncProducer:
             return pending
         return await self._core.admit_async(pending, timeout)
 
+    def put_nowait(
+        self,
+        payload: Any,
+        partition_key: str | None = None,
+        explicit_hash_key: str | None = None,
+        source: str | None = None,
+    ) -> RecordFuture | None:
+        """Hand one record to the started producer without waiting.
+
+        The cheap path for sources that put many records between awaits: when it returns
+        None the buffer is full, nothing was taken, and the caller awaits :meth:`put` for
+        that record instead.
+
+        Raises:
+            ProducerClosedError: after close().
+            RuntimeError: the producer is not started.
+        """
+        if not self._started:
+            raise RuntimeError("start the producer before put_nowait()")
+        pending, settled = self._core.offer(payload, partition_key, explicit_hash_key, source)
+        return pending if settled else None
+
+    def reject(
+        self,
+        payload: Any,
+        reason: DlqReason,
+        message: str,
+        *,
+        source: str | None = None,
+        partition_key: str | None = None,
+    ) -> RecordFuture:
+        """Send a record that cannot be used to the dead-letter queue (see Producer.reject)."""
+        return self._core.reject(payload, reason, message, source, partition_key)
+
     async def put_record(self, record: Record, *, timeout: float | None = None) -> RecordFuture:
         """Hand a :class:`~kingest.record.Record` to the producer."""
         return await self.put(

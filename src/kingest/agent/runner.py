@@ -1,0 +1,172 @@
+"""Run an agent config: every source and its producer on one asyncio loop.
+
+Each source runs as a task feeding the producer of its stream. A committer task asks every
+source's ack tracker, every ``commit_interval_ms``, which positions became safe (every record
+before them delivered or dead-lettered) and has the source store them. On stop, the sources
+end, the producers deliver or dead-letter what they hold, and the last positions are committed
+before anything is closed, so a clean restart sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from kingest.agent.config import AgentConfig
+from kingest.checkpoint import CheckpointStore
+from kingest.dlq import DeadLetterQueue
+from kingest.producer.producer import AsyncProducer
+from kingest.sources.base import Source, SourceContext
+
+log = logging.getLogger(__name__)
+
+
+class SourceFailedError(RuntimeError):
+    """A source stopped with an unexpected error; the agent shut down cleanly after it."""
+
+
+class Agent:
+    """The sources of one config, their producers and their checkpoints.
+
+    Args:
+        config: the validated config.
+        endpoint_url: overrides the config's endpoint (the CLI's ``--endpoint-url``).
+    """
+
+    def __init__(self, config: AgentConfig, *, endpoint_url: str | None = None) -> None:
+        self.config = config
+        self.endpoint_url = endpoint_url or config.endpoint_url
+        self.sources: list[tuple[Source, SourceContext]] = []
+        self.producers: dict[str, AsyncProducer] = {}
+        self._store: CheckpointStore | None = None
+        self._dlq: DeadLetterQueue | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set (or a source fails), then shut down cleanly.
+
+        Raises:
+            ConfigError, KinesisError: a source or a stream cannot be set up.
+            SourceFailedError: a source failed while running (after the clean shutdown).
+        """
+        config = self.config
+        self._store = CheckpointStore(config.checkpoint_path)
+        self._dlq = DeadLetterQueue(config.producer.dlq_dir)
+        try:
+            await self._start()
+            failure = await self._run_sources(stop)
+        finally:
+            await self._shutdown()
+        if failure is not None:
+            raise SourceFailedError(str(failure)) from failure
+
+    async def _start(self) -> None:
+        config = self.config
+        assert self._store is not None
+        built = [
+            (source_config, source_config.build(self._store)) for source_config in config.sources
+        ]
+        for source_config, source in built:
+            stream = config.stream_of(source_config)
+            producer = self.producers.get(stream)
+            if producer is None:
+                producer = AsyncProducer(
+                    stream,
+                    config=config.producer,
+                    endpoint_url=self.endpoint_url,
+                    region=config.region,
+                    profile=config.profile,
+                    dlq=self._dlq,
+                )
+                self.producers[stream] = producer
+                await producer.start()
+            self.sources.append((source, SourceContext(source.name, producer)))
+        log.info(
+            "The agent is running.",
+            extra={"sources": [s.name for s, _ in self.sources], "streams": list(self.producers)},
+        )
+
+    async def _run_sources(self, stop: asyncio.Event) -> BaseException | None:
+        """Run every source and the committer until stop; the first source failure ends all."""
+        tasks = {
+            asyncio.create_task(source.run(ctx, stop), name=f"kingest-source-{source.name}"): source
+            for source, ctx in self.sources
+        }
+        committer = asyncio.create_task(self._commit_loop(stop), name="kingest-committer")
+        failure: BaseException | None = None
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.cancelled():
+                        continue
+                    exc = task.exception()
+                    if exc is not None and failure is None:
+                        failure = exc
+                        log.error(
+                            "A source failed; the agent delivers what it holds and stops.",
+                            exc_info=exc,
+                            extra={"source": tasks[task].name},
+                        )
+                        stop.set()
+        finally:
+            stop.set()
+            for task in pending:
+                task.cancel()
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+        return failure
+
+    async def _commit_loop(self, stop: asyncio.Event) -> None:
+        interval = self.config.commit_interval_ms / 1000
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit every position that became safe, source by source.
+
+        A failed commit is logged and tried again next time: the positions stay committable.
+        """
+        for source, ctx in self.sources:
+            # Called even with nothing acknowledged: a source may have positions of its own to
+            # store (a file opened at its end) or finished inputs to forget.
+            ready = ctx.acks.collect()
+            try:
+                source.commit(ready)
+            except Exception:
+                log.exception(
+                    "Cannot commit positions; they are committed with the next ones.",
+                    extra={"source": source.name},
+                )
+                continue
+            ctx.acks.committed(ready)
+
+    async def _shutdown(self) -> None:
+        timeout = self.config.shutdown_timeout_s
+        for producer in self.producers.values():
+            try:
+                await asyncio.wait_for(producer.flush(), timeout)
+            except TimeoutError:
+                log.warning(
+                    "Shutdown timed out; what is left goes to the dead-letter queue.",
+                    extra={"timeout_s": timeout},
+                )
+        for producer in self.producers.values():
+            await producer.close(timeout=0 if timeout else None)
+        self.commit()
+        if self._store is not None:
+            self._store.close()
+        if self._dlq is not None:
+            self._dlq.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Per-source reading counters and per-stream producer statistics."""
+        return {
+            "sources": {source.name: ctx.stats.snapshot() for source, ctx in self.sources},
+            "streams": {stream: producer.stats() for stream, producer in self.producers.items()},
+        }

@@ -1,0 +1,103 @@
+"""``kingest tail``: follow log files into a stream, the file source without a config file.
+
+Each accepted line becomes one record (the parsed fields, ``source``, ``ingestion_timestamp``,
+``file`` and ``offset``); a rejected line goes to the dead-letter queue. It runs until SIGTERM
+or SIGINT, then delivers what it holds, commits its checkpoints and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pydantic import ValidationError
+
+from kingest.agent.config import AgentConfig
+from kingest.cli.common import add_producer_arguments, producer_settings
+from kingest.cli.run import run_agent
+from kingest.config import ProducerConfig
+from kingest.errors import ConfigError
+from kingest.sources.weblog.source import FileSourceConfig
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``tail`` command."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "tail",
+        help="follow log files (like tail -F) into a stream until SIGTERM or SIGINT",
+        description=(
+            "Follow files matching the globs, parse each line and send it as one record. "
+            "Offsets are committed to the checkpoint file once their lines are accepted or "
+            "dead-lettered, so a restart resumes where it stopped."
+        ),
+    )
+    parser.add_argument(
+        "--path", action="append", required=True, metavar="GLOB", help="files to follow"
+    )
+    parser.add_argument(
+        "--format",
+        required=True,
+        help="common, combined, vhost_combined, nginx, json, or apache/nginx with --log-format",
+    )
+    parser.add_argument("--log-format", metavar="STRING", help="Apache/Nginx format string")
+    parser.add_argument("--stream", required=True, help="stream name or ARN")
+    parser.add_argument(
+        "--from",
+        dest="start",
+        choices=("beginning", "end"),
+        default="end",
+        help="where to start a file that has no checkpoint (default: end)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="kingest-checkpoints.db",
+        metavar="PATH",
+        help="checkpoint file (default: kingest-checkpoints.db in the working directory)",
+    )
+    parser.add_argument("--source", default="web_logs", help="source name (default: web_logs)")
+    parser.add_argument(
+        "--partition-key",
+        metavar="TEMPLATE",
+        help="partition key template, e.g. '{session_id}' (default: the client address)",
+    )
+    parser.add_argument(
+        "--endpoint-url",
+        help="Kinesis endpoint (default: AWS_ENDPOINT_URL_KINESIS, then the region's endpoint)",
+    )
+    parser.add_argument("--region", help="AWS region (default: AWS_REGION / profile)")
+    parser.add_argument("--profile", help="named profile of the AWS configuration files")
+    add_producer_arguments(parser)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``kingest tail``; see the module docstring."""
+    try:
+        source = FileSourceConfig.model_validate(
+            {
+                "type": "file",
+                "name": args.source,
+                "paths": args.path,
+                "format": args.format,
+                "log_format": args.log_format,
+                "from": args.start,
+                "partition_key": args.partition_key,
+            }
+        )
+        config = AgentConfig.model_validate(
+            {
+                "stream": args.stream,
+                "region": args.region,
+                "profile": args.profile,
+                "checkpoint_path": args.checkpoint,
+                "producer": ProducerConfig.model_validate(producer_settings(args)),
+                "sources": [source],
+            }
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigError(problems) from exc
+    return run_agent(config, args.endpoint_url, "tail")

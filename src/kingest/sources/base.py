@@ -1,0 +1,161 @@
+"""What every source is: a config, a class that runs, and positions committed after ack.
+
+A source reads from the outside world and hands records to the producer through a
+:class:`SourceContext`. It never decides by itself that a record is safe: the context's
+:class:`AckTracker` keeps, per *lane* (a file, a table, a topic: a sequence whose order the
+source's positions follow), the records in the order they were emitted, and a position is
+handed back to the source for committing only once every record emitted before it, in its
+lane, is delivered to Kinesis or written to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kingest.producer.producer import AsyncProducer
+from kingest.record import DlqReason, RecordFuture
+
+log = logging.getLogger(__name__)
+
+
+class AckTracker:
+    """Commit positions per lane once every record before them is done.
+
+    The tracker polls futures instead of registering callbacks: a record is checked when the
+    tracker is asked what may be committed, and each done record is looked at once.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: dict[str, deque[tuple[Any, RecordFuture | None]]] = {}
+        self._committable: dict[str, Any] = {}
+
+    def add(self, lane: str, position: Any, future: RecordFuture | None) -> None:
+        """Note a record emitted in ``lane``; ``position`` is committed once it is done.
+
+        Args:
+            lane: the ordered sequence the position belongs to.
+            position: what to commit once this record and all before it are done.
+            future: the record's future, or None when nothing was sent for it (a position
+                that is done at once, such as a skipped blank line).
+        """
+        queue = self._lanes.get(lane)
+        if queue is None:
+            queue = self._lanes[lane] = deque()
+        queue.append((position, future))
+
+    def pending(self) -> int:
+        """Records emitted whose position cannot be committed yet."""
+        return sum(len(queue) for queue in self._lanes.values())
+
+    def collect(self) -> dict[str, Any]:
+        """Positions safe to commit and not yet marked committed, per lane (latest only)."""
+        ready = self._committable
+        for lane, queue in self._lanes.items():
+            advanced = False
+            position = None
+            while queue:
+                head_position, future = queue[0]
+                if future is not None and not future.done():
+                    break
+                queue.popleft()
+                position = head_position
+                advanced = True
+            if advanced:
+                ready[lane] = position
+        for lane in [lane for lane, queue in self._lanes.items() if not queue]:
+            del self._lanes[lane]
+        return dict(ready)
+
+    def committed(self, positions: dict[str, Any]) -> None:
+        """Mark positions from :meth:`collect` as stored; a failed commit just skips this."""
+        ready = self._committable
+        for lane, position in positions.items():
+            if lane in ready and ready[lane] is position:
+                del ready[lane]
+
+
+@dataclass
+class SourceStats:
+    """What one source read and what became of it (the producer counts what it sent)."""
+
+    received: int = 0
+    parsed: int = 0
+    invalid: int = 0
+    invalid_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as a plain dict."""
+        return {
+            "received": self.received,
+            "parsed": self.parsed,
+            "invalid": self.invalid,
+            "invalid_by_reason": dict(self.invalid_by_reason),
+        }
+
+
+class SourceContext:
+    """What a running source uses: its producer, its ack tracker and its statistics.
+
+    Args:
+        name: the source's name (the ``source`` field of its records and the DLQ).
+        producer: the started producer of the source's stream.
+    """
+
+    def __init__(self, name: str, producer: AsyncProducer) -> None:
+        self.name = name
+        self.producer = producer
+        self.acks = AckTracker()
+        self.stats = SourceStats()
+
+    async def put(self, lane: str, position: Any, payload: Any, partition_key: str) -> None:
+        """Send one record and track its position; waits only while the buffer is full."""
+        future = self.producer.put_nowait(payload, partition_key, None, self.name)
+        if future is None:
+            future = await self.producer.put(payload, partition_key, None, self.name)
+        self.acks.add(lane, position, future)
+
+    def reject(
+        self, lane: str, position: Any, payload: Any, reason: DlqReason, message: str
+    ) -> None:
+        """Send an unusable input to the dead-letter queue and track its position."""
+        self.stats.invalid += 1
+        by_reason = self.stats.invalid_by_reason
+        by_reason[reason.value] = by_reason.get(reason.value, 0) + 1
+        future = self.producer.reject(payload, reason, message, source=self.name)
+        self.acks.add(lane, position, future)
+
+
+class Source(abc.ABC):
+    """A running source. Subclasses read their input and hand records to the context.
+
+    ``can_ack`` says whether the source can commit positions (a file, a replication slot);
+    sources without one (an HTTP request answered late, a simulator) set it to False.
+    """
+
+    can_ack: bool = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abc.abstractmethod
+    async def run(self, ctx: SourceContext, stop: asyncio.Event) -> None:
+        """Read until ``stop`` is set, handing every record to ``ctx``; then return."""
+
+    def commit(self, positions: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Make committable positions durable (lane -> position). Default: nothing."""
+
+    def pause(self) -> None:  # noqa: B027 - optional hook
+        """Stop reading for a while (the producer's buffer is full). Default: nothing."""
+
+    def resume(self) -> None:  # noqa: B027 - optional hook
+        """Read again after :meth:`pause`. Default: nothing."""
+
+    def status(self) -> dict[str, Any]:
+        """What the source is doing, for operators."""
+        return {}
