@@ -13,7 +13,8 @@ import os
 import random
 import time
 
-from kingest.producer.aggregate import Aggregator, deaggregate
+from kingest.producer.aggregate import Aggregator
+from kingest.producer.deaggregate import deaggregate
 
 RECORD_SIZE = 300
 DISTINCT_KEYS = 5_000

@@ -21,7 +21,7 @@ from kingest.dlq import DeadLetterQueue, DlqEntry
 from kingest.errors import ConfigError
 from kingest.local.kinesalite import ensure_installed
 from kingest.partition import hash_key_of, parse_explicit_hash_key
-from kingest.producer.aggregate import deaggregate
+from kingest.producer.deaggregate import deaggregate
 from kingest.producer.transport import KinesisTransport
 
 T = TypeVar("T")

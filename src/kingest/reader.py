@@ -37,7 +37,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from kingest.errors import AggregationFormatError, KinesisError, StreamNotFoundError
-from kingest.producer.aggregate import deaggregate
+from kingest.producer.deaggregate import deaggregate
 from kingest.producer.retry import Backoff
 from kingest.producer.transport import KinesisTransport
 

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import importlib
 import sys
+from collections import deque
 from types import ModuleType
 from typing import Any, cast
 
@@ -24,11 +25,9 @@ from kingest.producer.aggregate import (
     AGGREGATION_OVERHEAD,
     MAGIC,
     Aggregator,
-    UserRecord,
-    deaggregate,
     encode_aggregate,
-    is_aggregated,
 )
+from kingest.producer.deaggregate import UserRecord, deaggregate, is_aggregated
 
 Rec = tuple[str, str | None, bytes]
 
@@ -628,3 +627,43 @@ def test_malformed_bodies_are_refused(body: bytes, message: str) -> None:
     assert is_aggregated(blob)  # the digest is fine; the damage is inside
     with pytest.raises(AggregationFormatError, match=message):
         deaggregate(blob, "outer")
+
+
+class _Queued:
+    __slots__ = ("data", "explicit_hash_key", "partition_key")
+
+    def __init__(self, partition_key: str, explicit_hash_key: str | None, data: bytes) -> None:
+        self.partition_key = partition_key
+        self.explicit_hash_key = explicit_hash_key
+        self.data = data
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "ключ", "k" * 300]),
+            st.one_of(st.none(), st.sampled_from(["1", "340282366920938463463374607431768211455"])),
+            st.binary(max_size=400),
+        ),
+        max_size=40,
+    ),
+    st.integers(min_value=AGGREGATION_OVERHEAD, max_value=4000),
+)
+def test_fill_takes_what_add_if_fits_takes(records: list[Rec], max_size: int) -> None:
+    """fill() is add_if_fits() in a loop: same records taken, same bytes."""
+    expected = Aggregator()
+    count = 0
+    for partition_key, explicit_hash_key, data in records:
+        if not expected.add_if_fits(partition_key, explicit_hash_key, data, max_size):
+            break
+        count += 1
+    queue = deque(_Queued(*record) for record in records)
+    taken: list[_Queued] = []
+    aggregator = Aggregator()
+    stopped = aggregator.fill(queue, taken, max_size)
+    assert len(taken) == count
+    assert stopped == (count < len(records))
+    assert len(queue) == len(records) - count
+    assert aggregator.encode() == expected.encode()
+    assert aggregator.size == expected.size

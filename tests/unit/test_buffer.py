@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from kingest.errors import ProducerClosedError
 from kingest.producer.buffer import BufferGate
 
 
@@ -163,3 +164,26 @@ def test_fill_is_the_larger_share(records: int, n_bytes: int, fill: float) -> No
     gate = BufferGate(max_records=10, max_bytes=1024)
     gate.records, gate.bytes = records, n_bytes
     assert gate.fill == fill
+
+
+def test_admitted_records_go_to_inbound_and_close_stops_admission() -> None:
+    gate = BufferGate(max_records=1, max_bytes=1024)
+    assert gate.try_acquire(10, "first")
+    assert list(gate.inbound) == ["first"]
+    outcome: list[BaseException | bool] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(gate.acquire(10, timeout=10, record="second"))
+        except ProducerClosedError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.05)
+    gate.close()
+    thread.join(5)
+    assert len(outcome) == 1 and isinstance(outcome[0], ProducerClosedError)
+    assert list(gate.inbound) == ["first"], "nothing is admitted once the gate is closed"
+    with pytest.raises(ProducerClosedError):
+        gate.try_acquire(1, "third")

@@ -40,7 +40,7 @@ from kingest.bench import ENDPOINTS, IMPLEMENTATIONS
 from kingest.errors import KinesisError, KingestError
 from kingest.local.kinesalite import LocalKinesis
 from kingest.local.null_endpoint import NullEndpoint
-from kingest.producer.aggregate import deaggregate
+from kingest.producer.deaggregate import deaggregate
 from kingest.producer.transport import LOCAL_REGION, KinesisTransport, is_loopback_url
 
 CPU_RATIO_TARGET = 0.33

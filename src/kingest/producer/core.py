@@ -10,11 +10,13 @@ failed entries with backoff, and hands every record to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from bisect import bisect_right
-from collections import deque
+from collections import Counter, deque
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -48,6 +50,8 @@ from kingest.record import PENDING, DlqReason, RecordFuture
 log = logging.getLogger(__name__)
 
 _dumps = orjson.dumps
+_size_of = attrgetter("size")
+_source_of = attrgetter("source")
 SEND_THRESHOLD_BYTES = 1 << 20
 
 
@@ -58,6 +62,24 @@ def _tight(data: bytes) -> bytes:
 _monotonic = time.monotonic
 
 DEFAULT_SOURCE = "default"
+
+
+class DeliveryMark:
+    """Done once every record admitted before it was made is delivered or dead-lettered."""
+
+    __slots__ = ("_done", "_target", "_undone")
+
+    def __init__(self, undone: Counter[int], target: int) -> None:
+        self._undone = undone
+        self._target = target
+        self._done = False
+
+    def done(self) -> bool:
+        """True once nothing admitted before the mark is still pending."""
+        if not self._done:
+            target = self._target
+            self._done = not any(n for g, n in self._undone.items() if g <= target)
+        return self._done
 
 
 class ProducerCore:
@@ -90,7 +112,8 @@ class ProducerCore:
         self._compression = compressor(config.compression)
         self._linger_s = config.linger_ms / 1000
         self._max_record_bytes = config.max_record_bytes or 0
-        self._inbound: deque[Pending] = deque()
+        # Admitted records, appended by the gate under its lock (see BufferGate).
+        self._inbound: deque[Pending] = self.gate.inbound
         self._directory = ShardDirectory(ShardMap([]), self._new_limiter)
         self.sender = Sender(
             stream,
@@ -165,6 +188,7 @@ class ProducerCore:
             exc_info=task.exception(),
         )
         self._closed = True
+        self.gate.close()
         self._drain_inbound()
         waiting = self._directory.pop_all()
         if waiting:
@@ -185,6 +209,9 @@ class ProducerCore:
         if self._stopping:
             return
         self._closed = True
+        # After this no record is admitted; those admitted before are in the inbound queue,
+        # which flush() drains.
+        self.gate.close()
         try:
             await asyncio.wait_for(self.flush(), timeout)
         except TimeoutError:
@@ -221,6 +248,21 @@ class ProducerCore:
             self._flush_waiters -= 1
         for generation in [g for g in undone if g <= target and not undone[g]]:
             del undone[generation]
+
+    def mark(self) -> DeliveryMark:
+        """A mark that is done once every record admitted before this call is done.
+
+        The cheap way for a source to know when a batch's positions may be committed: one
+        check per batch instead of one future per record. Call it on the producer's loop.
+        """
+        self._drain_inbound()
+        undone = self.outcomes.undone
+        target = self._generation
+        self._generation += 1
+        # Finished generations are only ever looked up, never added to: forget them.
+        for generation in [g for g, n in undone.items() if not n and g < target]:
+            del undone[generation]
+        return DeliveryMark(undone, target)
 
     def _check_sender(self) -> None:
         if self._sender is not None and self._sender.done() and not self._sender.cancelled():
@@ -288,20 +330,25 @@ class ProducerCore:
             self.outcomes.dead_letter([pending], reason, None, message)
             return pending, True
         gate = self.gate
-        # acquire()/release() rather than `with`: a third of the cost, and nothing between
-        # them can raise.
+        # BufferGate.try_acquire, inlined. acquire()/release() rather than `with`: a third of
+        # the cost, and nothing between them can raise.
+        pending.held = True
         gate.lock.acquire()
-        admitted = gate.records < gate.max_records and (
-            gate.records == 0 or gate.bytes + size <= gate.max_bytes
+        admitted = (
+            not gate.closed
+            and gate.records < gate.max_records
+            and (gate.records == 0 or gate.bytes + size <= gate.max_bytes)
         )
         if admitted:
             gate.records += 1
             gate.bytes += size
+            gate.inbound.append(pending)
         gate.lock.release()
         if not admitted:
+            pending.held = False
+            if gate.closed:
+                raise ProducerClosedError("the producer is closed")
             return pending, self._buffer_full(pending)
-        pending.held = True
-        self._inbound.append(pending)
         self._inbound_bytes += size
         if not self._wake_requested and (
             self._sender_idle
@@ -366,19 +413,11 @@ class ProducerCore:
         """
         if pending._result is not PENDING:
             return True  # rejected in prepare(): already dead-lettered
-        gate = self.gate
-        size = pending.size
-        with gate.lock:
-            admitted = gate.records < gate.max_records and (
-                gate.records == 0 or gate.bytes + size <= gate.max_bytes
-            )
-            if admitted:
-                gate.records += 1
-                gate.bytes += size
-        if admitted:
-            pending.held = True
-            self._enqueue(pending)
+        pending.held = True
+        if self.gate.try_acquire(pending.size, pending):
+            self._admitted(pending.size)
             return True
+        pending.held = False
         return self._buffer_full(pending)
 
     def _buffer_full(self, pending: Pending) -> bool:
@@ -404,10 +443,11 @@ class ProducerCore:
                 "(from a callback), where waiting would deadlock"
             )
         self._wake()
-        if not self.gate.acquire(pending.size, timeout):
-            raise BufferFullError(f"no room in the producer's buffer within {timeout} s")
         pending.held = True
-        self._enqueue(pending)
+        if not self.gate.acquire(pending.size, timeout, pending):
+            pending.held = False
+            raise BufferFullError(f"no room in the producer's buffer within {timeout} s")
+        self._admitted(pending.size)
         return pending
 
     async def admit_async(self, pending: Pending, timeout: float | None) -> RecordFuture:
@@ -419,15 +459,16 @@ class ProducerCore:
         if self.try_admit(pending):
             return pending
         self._wake()
-        if not await self.gate.acquire_async(pending.size, timeout):
-            raise BufferFullError(f"no room in the producer's buffer within {timeout} s")
         pending.held = True
-        self._enqueue(pending)
+        if not await self.gate.acquire_async(pending.size, timeout, pending):
+            pending.held = False
+            raise BufferFullError(f"no room in the producer's buffer within {timeout} s")
+        self._admitted(pending.size)
         return pending
 
-    def _enqueue(self, pending: Pending) -> None:
-        self._inbound.append(pending)
-        self._inbound_bytes += pending.size
+    def _admitted(self, size: int) -> None:
+        """Wake the sender when the record just admitted makes it worth it."""
+        self._inbound_bytes += size
         if not self._wake_requested and (
             self._sender_idle
             or self._inbound_bytes >= self._wake_bytes
@@ -442,7 +483,10 @@ class ProducerCore:
         if threading.get_ident() == self._loop_thread:
             self._wake_event.set()
         else:
-            self._loop.call_soon_threadsafe(self._wake_event.set)
+            # The loop may be gone: close() ended after the record was admitted, and its last
+            # drain took the record, so there is nobody left to wake.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._wake_event.set)
 
     # ------------------------------------------------------------------ sender loop
 
@@ -581,28 +625,13 @@ class ProducerCore:
         limit = min(self._max_record_bytes, room) - (head.size - len(head.data))
         aggregator = self._aggregator
         aggregator.clear()
-        add_if_fits = aggregator.add_if_fits
         records: list[Pending] = []
-        append = records.append
-        taken_bytes = 0
-        full = False
-        source: str | None = head.source
-        for queue in (buffer.retries, buffer.queue):
-            popleft = queue.popleft
-            while queue:
-                record = queue[0]
-                if not add_if_fits(
-                    record.partition_key, record.explicit_hash_key, record.data, limit
-                ):
-                    full = True
-                    break
-                popleft()
-                append(record)
-                taken_bytes += record.size
-                if record.source is not source:
-                    source = None
-            if full:
-                break
+        if not buffer.retries or not aggregator.fill(buffer.retries, records, limit):
+            aggregator.fill(buffer.queue, records, limit)
+        taken_bytes = sum(map(_size_of, records))
+        first_source = head.source
+        same_source = all(map(first_source.__eq__, map(_source_of, records)))
+        source = first_source if same_source else None
         directory = self._directory
         directory.queued -= len(records)
         directory.queued_bytes -= taken_bytes

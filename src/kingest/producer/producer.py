@@ -14,7 +14,7 @@ from typing import Any
 from kingest.config import ProducerConfig
 from kingest.dlq import DeadLetterQueue
 from kingest.errors import ConfigError
-from kingest.producer.core import ProducerCore
+from kingest.producer.core import DeliveryMark, ProducerCore
 from kingest.producer.transport import KinesisTransport
 from kingest.record import DlqReason, Record, RecordFuture
 
@@ -313,6 +313,19 @@ class AsyncProducer:
             raise RuntimeError("start the producer before put_nowait()")
         pending, settled = self._core.offer(payload, partition_key, explicit_hash_key, source)
         return pending if settled else None
+
+    def mark(self) -> DeliveryMark:
+        """A mark whose ``done()`` is true once every record put before it is done.
+
+        One mark per batch lets a source commit a batch's positions without looking at each
+        record's future.
+
+        Raises:
+            RuntimeError: the producer is not started.
+        """
+        if not self._started:
+            raise RuntimeError("start the producer before mark()")
+        return self._core.mark()
 
     def reject(
         self,

@@ -16,10 +16,19 @@ import logging
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kingest.producer.producer import AsyncProducer
 from kingest.record import DlqReason, RecordFuture
+
+
+class Completion(Protocol):
+    """Something that ends: a record's future, or a producer's delivery mark."""
+
+    def done(self) -> bool:
+        """True once it ended."""
+        ...
+
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +41,17 @@ class AckTracker:
     """
 
     def __init__(self) -> None:
-        self._lanes: dict[str, deque[tuple[Any, RecordFuture | None]]] = {}
+        self._lanes: dict[str, deque[tuple[Any, Completion | None]]] = {}
         self._committable: dict[str, Any] = {}
 
-    def add(self, lane: str, position: Any, future: RecordFuture | None) -> None:
-        """Note a record emitted in ``lane``; ``position`` is committed once it is done.
+    def add(self, lane: str, position: Any, future: Completion | None) -> None:
+        """Note a position reached in ``lane``, committed once ``future`` and all before it end.
 
         Args:
             lane: the ordered sequence the position belongs to.
             position: what to commit once this record and all before it are done.
-            future: the record's future, or None when nothing was sent for it (a position
-                that is done at once, such as a skipped blank line).
+            future: the record's future; or a delivery mark covering a whole batch
+                (:meth:`AsyncProducer.mark`); or None when nothing was sent for it.
         """
         queue = self._lanes.get(lane)
         if queue is None:
@@ -120,15 +129,15 @@ class SourceContext:
             future = await self.producer.put(payload, partition_key, None, self.name)
         self.acks.add(lane, position, future)
 
-    def reject(
-        self, lane: str, position: Any, payload: Any, reason: DlqReason, message: str
-    ) -> None:
-        """Send an unusable input to the dead-letter queue and track its position."""
+    def reject(self, payload: Any, reason: DlqReason, message: str) -> RecordFuture:
+        """Send an unusable input to the dead-letter queue (done when this returns).
+
+        The input's position is the caller's to track, like any other's.
+        """
         self.stats.invalid += 1
         by_reason = self.stats.invalid_by_reason
         by_reason[reason.value] = by_reason.get(reason.value, 0) + 1
-        future = self.producer.reject(payload, reason, message, source=self.name)
-        self.acks.add(lane, position, future)
+        return self.producer.reject(payload, reason, message, source=self.name)
 
 
 class Source(abc.ABC):

@@ -152,28 +152,26 @@ class FileSource(Source):
         acks_add = ctx.acks.add
         producer = ctx.producer
         put_nowait = producer.put_nowait
+        max_line_bytes = self.config.max_line_bytes
         async for batch in tailer.batches(stop):
             # Lines read together were ingested together: one timestamp per batch.
             ingested = datetime.now(UTC).isoformat()
             stats.received += len(batch)
+            ends: dict[str, int] = {}  # file key -> end of its last line in this batch
             for line in batch:
-                lane = line.file_key
+                ends[line.file_key] = line.end
                 if line.truncated:
                     ctx.reject(
-                        lane,
-                        line.end,
                         line.data,
                         DlqReason.INVALID_INPUT,
                         f"{line.path}:{_where(line.line_number, line.offset)}: line longer "
-                        f"than max_line_bytes ({self.config.max_line_bytes}); cut",
+                        f"than max_line_bytes ({max_line_bytes}); cut",
                     )
                     continue
                 try:
                     record = parser(line.data)
                 except ParseError as exc:
                     ctx.reject(
-                        lane,
-                        line.end,
                         line.data,
                         DlqReason.INVALID_INPUT,
                         f"{line.path}:{_where(line.line_number, line.offset)}: {exc}",
@@ -188,10 +186,12 @@ class FileSource(Source):
                     key: str | None = key_with_fallback(keys, record) if keys else None
                 except KeyError:
                     key = None  # the producer keys it by a digest of its content
-                future = put_nowait(record, key, None, name)
-                if future is None:
-                    future = await producer.put(record, key, None, name)
-                acks_add(lane, line.end, future)
+                if put_nowait(record, key, None, name) is None:
+                    await producer.put(record, key, None, name)
+            # One mark per batch: the files' ends are committed once all its lines are done.
+            mark = producer.mark()
+            for lane, end in ends.items():
+                acks_add(lane, end, mark)
 
     def commit(self, positions: Mapping[str, Any]) -> None:
         """Store the committable end offset of each file, then drop finished files."""
