@@ -8,10 +8,7 @@ the emulator, bypassing the proxy.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -20,7 +17,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -32,13 +28,13 @@ from tests.faultproxy import FaultPlan, FaultProxy
 
 pytestmark = pytest.mark.integration
 
-KINESALITE_DEFAULT_DIR = Path("/tmp/kinesalite-h")
-KINESALITE_ENV = "KINGEST_TEST_KINESALITE"
-
-
 # ------------------------------------------------------------------- emulator fixture
-# Kept small and self-contained so it can be swapped for the project's embedded
-# endpoint later: all the tests need is a base URL of a Kinesis-compatible server.
+
+
+@pytest.fixture(scope="module")
+def emulator_url(endpoint_url: str) -> str:
+    """The session's embedded Kinesis endpoint (it skips, or fails under CI, when absent)."""
+    return endpoint_url
 
 
 def _free_port() -> int:
@@ -56,69 +52,6 @@ def _wait_until(
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def emulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env_cli = os.environ.get(KINESALITE_ENV)
-    if env_cli:
-        cli = Path(env_cli)
-    elif KINESALITE_DEFAULT_DIR.exists():
-        cli = KINESALITE_DEFAULT_DIR / "node_modules" / "kinesalite" / "cli.js"
-    else:
-        pytest.skip(
-            f"no Kinesis emulator: set {KINESALITE_ENV}=/path/to/kinesalite/cli.js or run "
-            f"`npm install kinesalite@3.3.3` in {KINESALITE_DEFAULT_DIR}"
-        )
-    if not cli.is_file():
-        pytest.skip(f"kinesalite cli.js not found at {cli}")
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node (Node.js) not on PATH, needed to run kinesalite")
-
-    port = _free_port()  # kinesalite treats --port 0 as "default 4567", so pick one
-    log_path = tmp_path_factory.mktemp("kinesalite") / "kinesalite.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                node,
-                str(cli),
-                "--port",
-                str(port),
-                # Streams become ACTIVE at once and the shard limit never gets in the way.
-                "--createStreamMs",
-                "0",
-                "--deleteStreamMs",
-                "0",
-                "--updateStreamMs",
-                "0",
-                "--shardLimit",
-                "1000",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        _wait_until(lambda: proc.poll() is not None or _port_open(port), 20, "kinesalite to listen")
-        if proc.poll() is not None:
-            pytest.fail(f"kinesalite exited early: {log_path.read_text(errors='replace')}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 # ------------------------------------------------------------------------- helpers
