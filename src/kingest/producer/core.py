@@ -15,8 +15,7 @@ import logging
 import threading
 import time
 from bisect import bisect_right
-from collections import Counter, deque
-from operator import attrgetter
+from collections import deque
 from typing import Any
 
 import orjson
@@ -28,7 +27,6 @@ from kingest.errors import (
     ProducerClosedError,
 )
 from kingest.partition import ShardMap, _hash_cache, hash_key_of
-from kingest.producer.aggregate import Aggregator
 from kingest.producer.batch import (
     KinesisEntry,
     Pending,
@@ -39,10 +37,11 @@ from kingest.producer.batch import (
 )
 from kingest.producer.buffer import BufferGate
 from kingest.producer.limits import PARTITION_KEY_MAX_CHARS, ShardRateLimiter, StreamInfo
-from kingest.producer.outcomes import Outcomes
+from kingest.producer.outcomes import DeliveryMark, Outcomes
+from kingest.producer.packing import RequestPacker
 from kingest.producer.retry import Backoff
 from kingest.producer.sender import Sender, stream_params
-from kingest.producer.shards import ShardBuffer, ShardDirectory
+from kingest.producer.shards import ShardDirectory
 from kingest.producer.stats import ProducerStats
 from kingest.producer.transport import KinesisTransport
 from kingest.record import PENDING, DlqReason, RecordFuture
@@ -50,8 +49,6 @@ from kingest.record import PENDING, DlqReason, RecordFuture
 log = logging.getLogger(__name__)
 
 _dumps = orjson.dumps
-_size_of = attrgetter("size")
-_source_of = attrgetter("source")
 SEND_THRESHOLD_BYTES = 1 << 20
 
 
@@ -62,24 +59,6 @@ def _tight(data: bytes) -> bytes:
 _monotonic = time.monotonic
 
 DEFAULT_SOURCE = "default"
-
-
-class DeliveryMark:
-    """Done once every record admitted before it was made is delivered or dead-lettered."""
-
-    __slots__ = ("_done", "_target", "_undone")
-
-    def __init__(self, undone: Counter[int], target: int) -> None:
-        self._undone = undone
-        self._target = target
-        self._done = False
-
-    def done(self) -> bool:
-        """True once nothing admitted before the mark is still pending."""
-        if not self._done:
-            target = self._target
-            self._done = not any(n for g, n in self._undone.items() if g <= target)
-        return self._done
 
 
 class ProducerCore:
@@ -107,11 +86,9 @@ class ProducerCore:
         self.gate = BufferGate(config.max_buffer_records, config.max_buffer_bytes)
         self.outcomes = Outcomes(stream, dlq, self.stats, self.gate)
         self.info: StreamInfo | None = None
-        self.aggregation = config.aggregation
         self._ttl_s = config.record_ttl_ms / 1000
         self._compression = compressor(config.compression)
         self._linger_s = config.linger_ms / 1000
-        self._max_record_bytes = config.max_record_bytes or 0
         # Admitted records, appended by the gate under its lock (see BufferGate).
         self._inbound: deque[Pending] = self.gate.inbound
         self._directory = ShardDirectory(ShardMap([]), self._new_limiter)
@@ -126,7 +103,7 @@ class ProducerCore:
             self._wake,
             config.wire_protocol,
         )
-        self._aggregator = Aggregator()
+        self._packer = RequestPacker(self._directory, config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._wake_event: asyncio.Event | None = None
@@ -151,6 +128,11 @@ class ProducerCore:
         )
         self._inbound_bytes = 0
 
+    @property
+    def aggregation(self) -> bool:
+        """True when records are aggregated (off on streams that distribute records)."""
+        return self._packer.aggregation
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -167,14 +149,15 @@ class ProducerCore:
         params = stream_params(self.stream)
         summary = await self.transport.call("DescribeStreamSummary", params)
         self.info = StreamInfo.from_summary(self.stream, summary)
-        if not self._max_record_bytes:
-            self._max_record_bytes = min(self.info.max_record_bytes, self.config.max_request_bytes)
-        if self.info.auto_distribution and self.aggregation:
+        packer = self._packer
+        if not packer.max_record_bytes:
+            packer.max_record_bytes = min(self.info.max_record_bytes, self.config.max_request_bytes)
+        if self.info.auto_distribution and packer.aggregation:
             log.info(
                 "Aggregation is off: the stream distributes records itself.",
                 extra={"stream": self.stream},
             )
-            self.aggregation = False
+            packer.aggregation = False
         await self.sender.refresh_shard_map(force=True)
         self._sender = asyncio.create_task(self._run(), name="kingest-sender")
         self._sender.add_done_callback(self._sender_ended)
@@ -281,10 +264,9 @@ class ProducerCore:
     ) -> tuple[Pending, bool]:
         """Prepare one put() call's record and admit it if there is room: the put path.
 
-        The usual record (dict, bytes or str payload; a valid ASCII partition key; no explicit
-        hash key; room in the buffer) goes through here in one call, because on this path
-        every Python call made per record is a measurable share of the producer's CPU. Any
-        other record takes :meth:`prepare` and :meth:`try_admit`, which this path mirrors.
+        The usual record (a valid ASCII key, no explicit hash key) is handled inline: each
+        Python call per record is a measurable share of the CPU. Others take :meth:`prepare`
+        and :meth:`try_admit`, which this mirrors.
 
         Returns:
             The record, and whether it is settled: admitted, or already done (rejected or
@@ -325,8 +307,8 @@ class ProducerCore:
             size,
             _monotonic() + self._ttl_s,
         )
-        if size > self._max_record_bytes:
-            reason, message = too_large(size, self._max_record_bytes)
+        if size > self._packer.max_record_bytes:
+            reason, message = too_large(size, self._packer.max_record_bytes)
             self.outcomes.dead_letter([pending], reason, None, message)
             return pending, True
         gate = self.gate
@@ -379,7 +361,7 @@ class ProducerCore:
             explicit_hash_key,
             source or DEFAULT_SOURCE,
             time.monotonic() + self._ttl_s,
-            self._max_record_bytes,
+            self._packer.max_record_bytes,
             self._compression,
         )
         if problem is not None:
@@ -589,58 +571,7 @@ class ProducerCore:
     def _build_request(self, now: float) -> list[KinesisEntry] | None:
         if not self._should_send(now):
             return None
-        max_entries = self.config.max_request_records
-        max_bytes = self.config.max_request_bytes
-        strict = self.config.strict_order
-        entries: list[KinesisEntry] = []
-        taken: set[str] = set()
-        request_bytes = 0
-        progress = True
-        while progress and len(entries) < max_entries and request_bytes < max_bytes:
-            progress = False
-            for buffer in self._directory.sendable(now, strict, taken):
-                entry = self._take_entry(buffer, max_bytes - request_bytes)
-                if entry is None:
-                    continue
-                entries.append(entry)
-                request_bytes += entry.size
-                buffer.started(entry.size, now)
-                taken.add(buffer.shard_id)
-                progress = True
-                if len(entries) >= max_entries or request_bytes >= max_bytes:
-                    break
-        if not entries:
-            return None
-        self._directory.rotate()
-        return entries
-
-    def _take_entry(self, buffer: ShardBuffer, room: int) -> KinesisEntry | None:
-        """Pack the next Kinesis record of one shard, no larger than ``room``."""
-        head = buffer.peek()
-        if head is None or head.size > room:
-            return None
-        if not self.aggregation:
-            return KinesisEntry.plain(buffer.pop(), buffer.shard_id)
-        # The aggregate's own partition key (the first record's) counts against the limit.
-        limit = min(self._max_record_bytes, room) - (head.size - len(head.data))
-        aggregator = self._aggregator
-        aggregator.clear()
-        records: list[Pending] = []
-        if not buffer.retries or not aggregator.fill(buffer.retries, records, limit):
-            aggregator.fill(buffer.queue, records, limit)
-        taken_bytes = sum(map(_size_of, records))
-        first_source = head.source
-        same_source = all(map(first_source.__eq__, map(_source_of, records)))
-        source = first_source if same_source else None
-        directory = self._directory
-        directory.queued -= len(records)
-        directory.queued_bytes -= taken_bytes
-        if not records:
-            # Too big to aggregate even alone; it fits plain (checked at admission).
-            return KinesisEntry.plain(buffer.pop(), buffer.shard_id)
-        if len(records) == 1:
-            return KinesisEntry.plain(records[0], buffer.shard_id)
-        return KinesisEntry.aggregate(records, aggregator, buffer.shard_id, source, taken_bytes)
+        return self._packer.build(now)
 
     def _expire(self, now: float) -> None:
         expired = self._directory.pop_expired(now)

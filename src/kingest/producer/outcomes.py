@@ -177,3 +177,21 @@ class Outcomes:
             self.gate.release(held_records, held_bytes)
             if self.done_event is not None:
                 self.done_event.set()
+
+
+class DeliveryMark:
+    """Done once every record admitted before it was made is delivered or dead-lettered."""
+
+    __slots__ = ("_done", "_target", "_undone")
+
+    def __init__(self, undone: Counter[int], target: int) -> None:
+        self._undone = undone
+        self._target = target
+        self._done = False
+
+    def done(self) -> bool:
+        """True once nothing admitted before the mark is still pending."""
+        if not self._done:
+            target = self._target
+            self._done = not any(n for g, n in self._undone.items() if g <= target)
+        return self._done

@@ -14,7 +14,8 @@ from typing import Any
 from kingest.config import ProducerConfig
 from kingest.dlq import DeadLetterQueue
 from kingest.errors import ConfigError
-from kingest.producer.core import DeliveryMark, ProducerCore
+from kingest.producer.core import ProducerCore
+from kingest.producer.outcomes import DeliveryMark
 from kingest.producer.transport import KinesisTransport
 from kingest.record import DlqReason, Record, RecordFuture
 

@@ -12,6 +12,7 @@ becomes ``2024-05-26T19:30:45+09:00``, never a UTC conversion and never "now".
 
 from __future__ import annotations
 
+import abc
 import enum
 import re
 from collections.abc import Callable
@@ -56,7 +57,7 @@ class ParseError(ValueError):
     """
 
 
-class LineParser:
+class LineParser(abc.ABC):
     """Parses one access-log line of one format; made by :func:`compile_format`.
 
     Attributes:
@@ -68,6 +69,7 @@ class LineParser:
         self.name = name
         self.log_format = log_format
 
+    @abc.abstractmethod
     def __call__(self, line: bytes | str) -> dict[str, Any]:
         """Parse one line.
 
@@ -80,7 +82,6 @@ class LineParser:
         Raises:
             ParseError: the line does not fit the format; ``str(error)`` says why.
         """
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         extra = f", {self.log_format!r}" if self.log_format is not None else ""
