@@ -49,7 +49,6 @@ from kingest.record import PENDING, DlqReason, RecordFuture
 log = logging.getLogger(__name__)
 
 _dumps = orjson.dumps
-SEND_THRESHOLD_BYTES = 1 << 20
 
 
 def _tight(data: bytes) -> bytes:
@@ -114,12 +113,7 @@ class ProducerCore:
         self._stopping = False
         self._flush_waiters = 0
         self._generation = 0
-        # Records are sent once about a megabyte waits (one full aggregate, a fifth of the
-        # largest request): a batch that small is still cheap per record, and its records are
-        # still in the CPU cache when they are packed; measured 10% less CPU than 5 MiB.
-        threshold_bytes = min(
-            SEND_THRESHOLD_BYTES, config.max_request_bytes, config.max_buffer_bytes // 8
-        )
+        threshold_bytes = min(config.max_request_bytes, config.max_buffer_bytes // 8)
         self._wake_bytes = max(threshold_bytes, 1)
         self._wake_records = (
             max(config.max_buffer_records // 8, 1)
