@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kingest.config import ProducerConfig
 from kingest.errors import ConfigError
-from kingest.sources import SourceConfig
+from kingest.sources.registry import SourceConfig
 
 
 class AgentConfig(BaseModel):

@@ -17,8 +17,12 @@ from kingest.runtime import tune_for_throughput
 COMMANDS = ("send", "read", "local", "dlq", "bench", "demo", "parse", "run", "tail")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every subcommand registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser with every subcommand registered (or just ``only``).
+
+    Registering a command imports its module, and some pull in the whole producer stack (about
+    a second): a run of one command registers that command alone.
+    """
     parser = argparse.ArgumentParser(
         prog="kingest",
         description="Collect events from many sources and deliver them into Amazon Kinesis.",
@@ -32,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        if only is not None and name != only:
+            continue
         try:
             module = importlib.import_module(f"kingest.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -44,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kingest`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = _command_in(arguments)
+    parser = build_parser(only=command if command in COMMANDS else None)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -64,6 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kingest {args.command}: interrupted", file=sys.stderr)
         return 130
     return status
+
+
+def _command_in(arguments: list[str]) -> str | None:
+    """The subcommand named in the arguments, if any (the first word not an option)."""
+    words = iter(arguments)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 if __name__ == "__main__":
