@@ -122,13 +122,6 @@ class SourceContext:
         self.acks = AckTracker()
         self.stats = SourceStats()
 
-    async def put(self, lane: str, position: Any, payload: Any, partition_key: str) -> None:
-        """Send one record and track its position; waits only while the buffer is full."""
-        future = self.producer.put_nowait(payload, partition_key, None, self.name)
-        if future is None:
-            future = await self.producer.put(payload, partition_key, None, self.name)
-        self.acks.add(lane, position, future)
-
     def reject(self, payload: Any, reason: DlqReason, message: str) -> RecordFuture:
         """Send an unusable input to the dead-letter queue (done when this returns).
 
