@@ -23,7 +23,7 @@ from kingest.partition import (
 from kingest.producer.aggregate import Aggregator
 from kingest.producer.cbor import head as cbor_head
 from kingest.producer.limits import PARTITION_KEY_MAX_CHARS
-from kingest.record import PENDING, DlqReason, RecordFuture
+from kingest.record import PENDING, Delivery, DlqReason, RecordFuture, RecordResult
 
 _b64encode = base64.b64encode
 _dumps = orjson.dumps
@@ -33,15 +33,14 @@ class Pending(RecordFuture):
     """One user record held by the producer; it is also the future put() returns."""
 
     __slots__ = (
+        "attempt_times",
         "attempts",
         "data",
         "deadline",
         "explicit_hash_key",
-        "first_attempt_at",
         "generation",
         "hash_key",
         "held",
-        "last_attempt_at",
         "partition_key",
         "size",
         "source",
@@ -56,6 +55,7 @@ class Pending(RecordFuture):
         source: str,
         size: int,
         deadline: float,
+        held: bool = False,
     ) -> None:
         # RecordFuture's fields, set here rather than through a second __init__ call.
         self._result = PENDING
@@ -70,12 +70,19 @@ class Pending(RecordFuture):
         self.size = size
         self.deadline = deadline
         self.attempts = 0
-        self.first_attempt_at: float | None = None
-        self.last_attempt_at: float | None = None
+        # (first, last) time a request carrying it failed; None until one does.
+        self.attempt_times: tuple[float, float] | None = None
         # True while the record holds room in the producer's buffer; such a record also gets
         # a flush generation when it is drained into a shard queue.
-        self.held = False
+        self.held = held
         self.generation = 0
+
+    def _final(self) -> RecordResult:
+        # A delivered record's attempts are its failed ones plus the one that succeeded; set
+        # here, when a result is first asked for, rather than for every record delivered.
+        if isinstance(self._result, Delivery):
+            self._attempts = self.attempts + 1
+        return RecordFuture._final(self)
 
 
 class KinesisEntry:

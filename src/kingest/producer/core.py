@@ -300,15 +300,16 @@ class ProducerCore:
             source or DEFAULT_SOURCE,
             size,
             _monotonic() + self._ttl_s,
+            True,  # held: set before the gate's lock publishes it to the sender
         )
         if size > self._packer.max_record_bytes:
+            pending.held = False  # it never takes buffer room
             reason, message = too_large(size, self._packer.max_record_bytes)
             self.outcomes.dead_letter([pending], reason, None, message)
             return pending, True
         gate = self.gate
         # BufferGate.try_acquire, inlined. acquire()/release() rather than `with`: a third of
         # the cost, and nothing between them can raise.
-        pending.held = True
         gate.lock.acquire()
         admitted = (
             not gate.closed
@@ -504,24 +505,36 @@ class ProducerCore:
             return
         generation = self._generation
         directory = self._directory
-        buffers = directory.by_index
         starts = directory.starts
-        single = buffers[0] if len(buffers) == 1 else None
+        appends = [buffer.queue.append for buffer in directory.by_index]
+        single = appends[0] if len(appends) == 1 else None
         popleft = inbound.popleft
         received: dict[str, int] = {}
-        count = 0
+        # Records come in runs of one source: count runs, not records, into the dict.
+        run_source: str | None = None
+        run = 0
         total_bytes = 0
-        while inbound:
+        # Exactly the records there now; any admitted meanwhile wait for the next drain.
+        count = len(inbound)
+        for _ in range(count):
             record = popleft()
             record.generation = generation
             if single is not None:
-                single.queue.append(record)
+                single(record)
             else:
                 # Shard ranges start at 0 and tile the hash space, so index >= 0.
-                buffers[bisect_right(starts, record.hash_key) - 1].queue.append(record)
+                appends[bisect_right(starts, record.hash_key) - 1](record)
             total_bytes += record.size
-            received[record.source] = received.get(record.source, 0) + 1
-            count += 1
+            source = record.source
+            if source is run_source:
+                run += 1
+            else:
+                if run_source is not None:
+                    received[run_source] = received.get(run_source, 0) + run
+                run_source = source
+                run = 1
+        if run_source is not None:
+            received[run_source] = received.get(run_source, 0) + run
         directory.queued += count
         directory.queued_bytes += total_bytes
         self._inbound_bytes = 0

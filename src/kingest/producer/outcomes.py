@@ -78,8 +78,7 @@ class Outcomes:
         numbered = enumerate(records) if positions is None else zip(positions, records, strict=True)
         for index, record in numbered:
             # RecordFuture.set_delivered, inlined: this loop is the send path's per-record cost.
-            record._index = index
-            record._attempts = record.attempts + 1
+            record._index = index  # the attempt count is read from the record when asked for
             if record._result is PENDING:
                 record._result = delivery
                 if record._event is not None or record._callbacks is not None:
@@ -119,8 +118,8 @@ class Outcomes:
                 partition_key=record.partition_key,
                 explicit_hash_key=record.explicit_hash_key,
                 payload=record.data,
-                first_attempt_at=record.first_attempt_at,
-                last_attempt_at=record.last_attempt_at,
+                first_attempt_at=record.attempt_times[0] if record.attempt_times else None,
+                last_attempt_at=record.attempt_times[1] if record.attempt_times else None,
                 dead_lettered_at=now,
             )
             for record in records

@@ -277,9 +277,8 @@ def _count_attempt(entries: list[KinesisEntry], sent_at: float) -> None:
     for entry in entries:
         for record in entry.records:
             record.attempts += 1
-            if record.first_attempt_at is None:
-                record.first_attempt_at = sent_at
-            record.last_attempt_at = sent_at
+            times = record.attempt_times
+            record.attempt_times = (sent_at if times is None else times[0], sent_at)
 
 
 def stream_params(stream: str) -> dict[str, Any]:
