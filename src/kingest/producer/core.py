@@ -14,7 +14,6 @@ import contextlib
 import logging
 import threading
 import time
-from bisect import bisect_right
 from collections import deque
 from typing import Any
 
@@ -500,43 +499,10 @@ class ProducerCore:
 
     def _drain_inbound(self) -> None:
         """Move admitted records into the queue of the shard their hash key maps to."""
-        inbound = self._inbound
-        if not inbound:
+        if not self._inbound:
             return
         generation = self._generation
-        directory = self._directory
-        starts = directory.starts
-        appends = [buffer.queue.append for buffer in directory.by_index]
-        single = appends[0] if len(appends) == 1 else None
-        popleft = inbound.popleft
-        received: dict[str, int] = {}
-        # Records come in runs of one source: count runs, not records, into the dict.
-        run_source: str | None = None
-        run = 0
-        total_bytes = 0
-        # Exactly the records there now; any admitted meanwhile wait for the next drain.
-        count = len(inbound)
-        for _ in range(count):
-            record = popleft()
-            record.generation = generation
-            if single is not None:
-                single(record)
-            else:
-                # Shard ranges start at 0 and tile the hash space, so index >= 0.
-                appends[bisect_right(starts, record.hash_key) - 1](record)
-            total_bytes += record.size
-            source = record.source
-            if source is run_source:
-                run += 1
-            else:
-                if run_source is not None:
-                    received[run_source] = received.get(run_source, 0) + run
-                run_source = source
-                run = 1
-        if run_source is not None:
-            received[run_source] = received.get(run_source, 0) + run
-        directory.queued += count
-        directory.queued_bytes += total_bytes
+        count, received = self._directory.take_inbound(self._inbound, generation)
         self._inbound_bytes = 0
         self.outcomes.undone[generation] += count
         self.stats.received(received)

@@ -8,6 +8,7 @@ in flight, and its retries go out before anything queued after them.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 
@@ -125,6 +126,47 @@ class ShardDirectory:
                 continue
             for record in list(buffer.drain()):
                 self.buffer_for(record.hash_key).push_retry(record)
+
+    def take_inbound(self, inbound: deque[Pending], generation: int) -> tuple[int, dict[str, int]]:
+        """Move the records now in ``inbound`` into their shards' queues, tagged ``generation``.
+
+        Records admitted meanwhile stay for the next call.
+
+        Returns:
+            How many records moved, and how many per source.
+        """
+        starts = self.starts
+        appends = [buffer.queue.append for buffer in self.by_index]
+        single = appends[0] if len(appends) == 1 else None
+        popleft = inbound.popleft
+        received: dict[str, int] = {}
+        # Records come in runs of one source: count runs, not records, into the dict.
+        run_source: str | None = None
+        run = 0
+        total_bytes = 0
+        count = len(inbound)
+        for _ in range(count):
+            record = popleft()
+            record.generation = generation
+            if single is not None:
+                single(record)
+            else:
+                # Shard ranges start at 0 and tile the hash space, so index >= 0.
+                appends[bisect_right(starts, record.hash_key) - 1](record)
+            total_bytes += record.size
+            source = record.source
+            if source is run_source:
+                run += 1
+            else:
+                if run_source is not None:
+                    received[run_source] = received.get(run_source, 0) + run
+                run_source = source
+                run = 1
+        if run_source is not None:
+            received[run_source] = received.get(run_source, 0) + run
+        self.queued += count
+        self.queued_bytes += total_bytes
+        return count, received
 
     def buffer_for(self, hash_key: int) -> ShardBuffer:
         """The buffer of the shard that owns ``hash_key``."""
