@@ -1,10 +1,14 @@
-"""Arguments and helpers shared by every command that talks to Kinesis."""
+"""Arguments and helpers shared by the commands."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
+
+from kingest.errors import ConfigError
 
 
 def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,3 +99,33 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
+
+
+def check_inputs(names: list[str]) -> str | None:
+    """Why one of the named input files cannot be read (``-`` is stdin), or None."""
+    for name in names:
+        if name != "-":
+            try:
+                with open(name, "rb"):
+                    pass
+            except OSError as exc:
+                return f"cannot read {name}: {exc.strerror or exc}"
+    return None
+
+
+def open_inputs(names: list[str]) -> Iterator[tuple[str, IO[bytes]]]:
+    """Each input as ``(name, binary handle)``, one open at a time; none means stdin.
+
+    Raises:
+        ConfigError: a file cannot be opened.
+    """
+    for name in names or ["-"]:
+        if name == "-":
+            yield "<stdin>", sys.stdin.buffer
+            continue
+        try:
+            handle = open(name, "rb")  # noqa: SIM115 - closed below, one file at a time
+        except OSError as exc:
+            raise ConfigError(f"cannot read {name}: {exc.strerror or exc}") from exc
+        with handle:
+            yield name, handle

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import orjson
 
+from kingest.cli.common import check_inputs, open_inputs
 from kingest.errors import ConfigError
 from kingest.sources.weblog.formats import FORMAT_NAMES, LineParser, ParseError, compile_format
 
@@ -82,30 +83,6 @@ def _error(message: str) -> int:
     sys.stderr.write(f"kingest parse: error: {message}\n")
     sys.stderr.flush()
     return 2
-
-
-def _check_inputs(names: list[str]) -> str | None:
-    for name in names:
-        if name != "-":
-            try:
-                with open(name, "rb"):
-                    pass
-            except OSError as exc:
-                return f"cannot read {name}: {exc.strerror or exc}"
-    return None
-
-
-def _open_inputs(names: list[str]) -> Iterator[tuple[str, IO[bytes]]]:
-    for name in names or ["-"]:
-        if name == "-":
-            yield "<stdin>", sys.stdin.buffer
-            continue
-        try:
-            handle = open(name, "rb")  # noqa: SIM115 - closed below, one file at a time
-        except OSError as exc:
-            raise ConfigError(f"cannot read {name}: {exc.strerror or exc}") from exc
-        with handle:
-            yield name, handle
 
 
 def _chunks(name: str, handle: IO[bytes]) -> Iterator[list[bytes]]:
@@ -185,14 +162,14 @@ def run(args: argparse.Namespace) -> int:
         parser = compile_format(args.format or "auto", args.log_format)
     except ConfigError as exc:
         return _error(str(exc))
-    problem = _check_inputs(args.inputs)
+    problem = check_inputs(args.inputs)
     if problem:
         return _error(problem)
     several = len(args.inputs) > 1
     out = sys.stdout.buffer
     counts = _Counts()
     try:
-        for name, handle in _open_inputs(args.inputs):
+        for name, handle in open_inputs(args.inputs):
             prefix = f"{name}:" if several else "line "
             _parse_input(parser, name, handle, prefix, out, counts)
     except BrokenPipeError:

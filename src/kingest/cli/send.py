@@ -11,13 +11,17 @@ import argparse
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import IO, Any
 
 import orjson
 
-from kingest.cli.common import add_aws_arguments, add_producer_arguments, producer_settings
-from kingest.errors import ConfigError
+from kingest.cli.common import (
+    add_aws_arguments,
+    add_producer_arguments,
+    check_inputs,
+    open_inputs,
+    producer_settings,
+)
 from kingest.keys import KeyTemplate
 from kingest.producer.producer import Producer
 from kingest.record import DlqReason
@@ -61,30 +65,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_aws_arguments(parser)
     parser.set_defaults(handler=run)
     return parser
-
-
-def _open_inputs(names: list[str]) -> Iterator[tuple[str, IO[bytes]]]:
-    for name in names or ["-"]:
-        if name == "-":
-            yield "<stdin>", sys.stdin.buffer
-            continue
-        try:
-            handle = open(name, "rb")  # noqa: SIM115 - closed below, one file at a time
-        except OSError as exc:
-            raise ConfigError(f"cannot read {name}: {exc.strerror or exc}") from exc
-        with handle:
-            yield name, handle
-
-
-def _check_inputs(names: list[str]) -> str | None:
-    for name in names:
-        if name != "-":
-            try:
-                with open(name, "rb"):
-                    pass
-            except OSError as exc:
-                return f"cannot read {name}: {exc.strerror or exc}"
-    return None
 
 
 class Progress:
@@ -142,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    problem = _check_inputs(args.inputs)
+    problem = check_inputs(args.inputs)
     if problem:
         print(f"kingest send: error: {problem}", file=sys.stderr)
         return 2
@@ -160,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     records = 0
     try:
         with Progress(producer, show) as progress:
-            for name, handle in _open_inputs(args.inputs):
+            for name, handle in open_inputs(args.inputs):
                 records += _send_lines(
                     producer, name, handle, args.raw, extractor, source, progress
                 )
