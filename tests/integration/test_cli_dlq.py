@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from kingest.dlq import DeadLetterQueue, DlqEntry, summarize
+from kingest.dlq import DeadLetterQueue, DlqEntry
+from kingest.dlq_replay import summarize
 from kingest.reader import read_all
 from kingest.record import DlqReason
 

@@ -19,14 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kingest.dlq import (
-    NONE_KEY,
-    DeadLetterQueue,
-    DlqEntry,
-    ReplaySummary,
-    replay_files,
-    summarize,
-)
+from kingest.dlq import NONE_KEY, DeadLetterQueue, DlqEntry
+from kingest.dlq_replay import ReplaySummary, replay_files, summarize
 from kingest.errors import ConfigError
 from kingest.record import DlqReason
 

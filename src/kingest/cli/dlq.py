@@ -22,7 +22,8 @@ import orjson
 
 from kingest.cli.common import add_aws_arguments
 from kingest.config import ProducerConfig
-from kingest.dlq import DeadLetterQueue, DlqEntry, ReplaySummary, replay_files, summarize
+from kingest.dlq import DeadLetterQueue, DlqEntry
+from kingest.dlq_replay import ReplaySummary, replay_files, summarize
 from kingest.errors import KingestError
 from kingest.producer.producer import Producer
 from kingest.record import DlqReason
