@@ -10,6 +10,9 @@ import pytest
 from kingest.local.kinesalite import LocalKinesis
 from tests.helpers import require_embedded_endpoint
 
+# The database servers' fixtures (pg_conn, mysql_conn) for the CDC tests.
+pytest_plugins = ["tests.servers"]
+
 
 @pytest.fixture(scope="session")
 def local_kinesis() -> Iterator[LocalKinesis]:

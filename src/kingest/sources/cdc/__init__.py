@@ -1,0 +1,1 @@
+"""Change data capture: PostgreSQL logical replication and the MySQL/MariaDB row binlog."""
