@@ -9,6 +9,8 @@
     ├── BufferFullError               put() could not get buffer space in time
     ├── AggregationFormatError        starts with the KPL magic but is not a valid aggregate
     ├── CheckpointError               the checkpoint store cannot be opened, read or written
+    ├── CaptureError                  a database cannot be captured: settings, privileges, a
+    │                                 dropped slot, a purged log (retriable: connection lost)
     └── KinesisError                  an answer from the service (``code`` is the AWS error code)
         ├── StreamNotFoundError       ResourceNotFoundException
         └── TransportError            no answer at all: refused, reset, timed out (retriable)
@@ -98,6 +100,19 @@ class AggregationFormatError(KingestError):
 
 class CheckpointError(KingestError):
     """The checkpoint file cannot be opened, read or written (corrupt, unwritable, closed)."""
+
+
+class CaptureError(KingestError):
+    """Change data capture cannot start or go on.
+
+    The message says what the operator must do: set ``wal_level=logical``, grant the REPLICATION
+    privilege, recreate a dropped slot, ... ``retriable`` is set when the connection was lost and
+    capture may resume from the committed position.
+    """
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 class KinesisError(KingestError):

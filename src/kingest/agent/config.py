@@ -118,13 +118,24 @@ def parse_config(text: str, name: str = "<config>") -> AgentConfig:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            loc = list(error["loc"])
+            loc = _without_source_tag(list(error["loc"]), data)
             where = _line_of(node, loc)
             key = ".".join(str(part) for part in loc) or "(top level)"
             message = error["msg"].removeprefix("Value error, ")
             place = f"{name}:{where}" if where else name
             lines.append(f"{place}: {key}: {message}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from exc
+
+
+def _without_source_tag(loc: list[Any], data: dict[str, Any]) -> list[Any]:
+    """Drop the ``type`` tag pydantic puts in the path of a source's error
+    (``sources.0.file.paths`` -> ``sources.0.paths``), so the path is the YAML's."""
+    if len(loc) >= 3 and loc[0] == "sources" and isinstance(loc[1], int):
+        sources = data.get("sources")
+        entry = sources[loc[1]] if isinstance(sources, list) and loc[1] < len(sources) else None
+        if isinstance(entry, dict) and entry.get("type") == loc[2]:
+            return loc[:2] + loc[3:]
+    return loc
 
 
 def _line_of(node: Any, loc: list[Any]) -> int | None:

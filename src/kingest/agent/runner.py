@@ -17,6 +17,7 @@ from typing import Any
 from kingest.agent.config import AgentConfig
 from kingest.checkpoint import CheckpointStore
 from kingest.dlq import DeadLetterQueue
+from kingest.errors import KingestError
 from kingest.producer.producer import AsyncProducer
 from kingest.sources.base import Source, SourceContext
 
@@ -82,6 +83,8 @@ class Agent:
                 self.producers[stream] = producer
                 await producer.start()
             self.sources.append((source, SourceContext(source.name, producer)))
+            # Listed first, so that the shutdown closes it even when its start fails.
+            await source.start()
         log.info(
             "The agent is running.",
             extra={"sources": [s.name for s, _ in self.sources], "streams": list(self.producers)},
@@ -107,7 +110,8 @@ class Agent:
                         failure = exc
                         log.error(
                             "A source failed; the agent delivers what it holds and stops.",
-                            exc_info=exc,
+                            # A KingestError's message says it all; anything else is a bug.
+                            exc_info=None if isinstance(exc, KingestError) else exc,
                             extra={"source": tasks[task].name},
                         )
                         stop.set()
@@ -159,6 +163,11 @@ class Agent:
         for producer in self.producers.values():
             await producer.close(timeout=0 if timeout else None)
         self.commit()
+        for source, _ in self.sources:
+            try:
+                source.close()
+            except Exception:
+                log.exception("Cannot close a source cleanly.", extra={"source": source.name})
         if self._store is not None:
             self._store.close()
         if self._dlq is not None:

@@ -6,9 +6,12 @@ import argparse
 import math
 import sys
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from kingest.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kingest.agent.config import AgentConfig
 
 
 def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,3 +132,40 @@ def open_inputs(names: list[str]) -> Iterator[tuple[str, IO[bytes]]]:
             raise ConfigError(f"cannot read {name}: {exc.strerror or exc}") from exc
         with handle:
             yield name, handle
+
+
+def single_source_agent(args: argparse.Namespace, source: dict[str, Any]) -> AgentConfig:
+    """The agent config of a shortcut command: one source, the stream and producer flags.
+
+    Args:
+        args: parsed arguments with ``stream``, ``region``, ``profile``, ``checkpoint`` and
+            the producer flags of :func:`add_producer_arguments`.
+        source: the source's config entry (``type`` and its fields).
+
+    Raises:
+        ConfigError: an argument is invalid; the message names each one.
+    """
+    from pydantic import ValidationError
+
+    from kingest.agent.config import AgentConfig
+    from kingest.config import ProducerConfig
+
+    try:
+        return AgentConfig.model_validate(
+            {
+                "stream": args.stream,
+                "region": args.region,
+                "profile": args.profile,
+                "checkpoint_path": args.checkpoint,
+                "producer": ProducerConfig.model_validate(producer_settings(args)),
+                "sources": [source],
+            }
+        )
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = list(error["loc"])
+            if loc[:3] == ["sources", 0, source["type"]]:
+                loc = loc[3:]  # the source's own field: named as its flag is
+            problems.append(f"{'.'.join(str(part) for part in loc)}: {error['msg']}")
+        raise ConfigError("; ".join(problems)) from exc

@@ -10,14 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pydantic import ValidationError
-
-from kingest.agent.config import AgentConfig
-from kingest.cli.common import add_producer_arguments, producer_settings
+from kingest.cli.common import add_producer_arguments, single_source_agent
 from kingest.cli.run import run_agent
-from kingest.config import ProducerConfig
-from kingest.errors import ConfigError
-from kingest.sources.weblog.source import FileSourceConfig
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -73,31 +67,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``kingest tail``; see the module docstring."""
-    try:
-        source = FileSourceConfig.model_validate(
-            {
-                "type": "file",
-                "name": args.source,
-                "paths": args.path,
-                "format": args.format,
-                "log_format": args.log_format,
-                "from": args.start,
-                "partition_key": args.partition_key,
-            }
-        )
-        config = AgentConfig.model_validate(
-            {
-                "stream": args.stream,
-                "region": args.region,
-                "profile": args.profile,
-                "checkpoint_path": args.checkpoint,
-                "producer": ProducerConfig.model_validate(producer_settings(args)),
-                "sources": [source],
-            }
-        )
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
-        )
-        raise ConfigError(problems) from exc
+    config = single_source_agent(
+        args,
+        {
+            "type": "file",
+            "name": args.source,
+            "paths": args.path,
+            "format": args.format,
+            "log_format": args.log_format,
+            "from": args.start,
+            "partition_key": args.partition_key,
+        },
+    )
     return run_agent(config, args.endpoint_url, "tail")

@@ -145,12 +145,22 @@ class Source(abc.ABC):
     def __init__(self, name: str) -> None:
         self.name = name
 
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect and check the outside world before running; raise what stops the agent.
+
+        Called once, before :meth:`run`. A :class:`~kingest.errors.KingestError` raised here
+        (a server setting, a missing privilege) ends the agent with its one-line message.
+        """
+
     @abc.abstractmethod
     async def run(self, ctx: SourceContext, stop: asyncio.Event) -> None:
         """Read until ``stop`` is set, handing every record to ``ctx``; then return."""
 
     def commit(self, positions: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Make committable positions durable (lane -> position). Default: nothing."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections, after the last :meth:`commit`. Default: nothing."""
 
     def pause(self) -> None:  # noqa: B027 - optional hook
         """Stop reading for a while (the producer's buffer is full). Default: nothing."""

@@ -7,9 +7,16 @@ importing one source's pure parts, such as the log parsers, does not import ever
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
+
+from kingest.sources.cdc.postgres.source import PostgresSourceConfig
 from kingest.sources.weblog.source import FileSourceConfig
 
-# With a second source type this becomes a union discriminated on `type`.
-SourceConfig = FileSourceConfig
+SourceConfig = Annotated[
+    FileSourceConfig | PostgresSourceConfig,
+    Field(discriminator="type"),
+]
 
-__all__ = ["FileSourceConfig", "SourceConfig"]
+__all__ = ["FileSourceConfig", "PostgresSourceConfig", "SourceConfig"]
