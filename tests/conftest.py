@@ -10,8 +10,8 @@ import pytest
 from kingest.local.kinesalite import LocalKinesis
 from tests.helpers import require_embedded_endpoint
 
-# The database servers' fixtures (pg_conn, mysql_conn) for the CDC tests.
-pytest_plugins = ["tests.servers"]
+# Fixtures of the database servers (pg_conn, mysql_conn) and of agent processes (agents).
+pytest_plugins = ["tests.servers", "tests.agents"]
 
 
 @pytest.fixture(scope="session")

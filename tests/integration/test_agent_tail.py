@@ -15,12 +15,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-import pytest
 
+from tests.agents import AgentProcess
 from tests.helpers import dlq_entries, read_stream, wait_until
 
 COMBINED = (
@@ -36,48 +36,6 @@ def line(i: int, run: str = "r") -> str:
 def write_lines(path: Path, start: int, stop: int, run: str = "r") -> None:
     with path.open("a", encoding="ascii") as handle:
         handle.write("".join(line(i, run) for i in range(start, stop)))
-
-
-class AgentProcess:
-    """A ``kingest`` agent command running in the background, output captured to files."""
-
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        self.cwd = cwd
-        self.stderr_path = cwd / f"agent-{time.monotonic_ns()}.err"
-        with self.stderr_path.open("wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "kingest", *args],
-                cwd=cwd,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-
-    def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 60) -> int:
-        self.process.send_signal(signum)
-        return self.process.wait(timeout_s)
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-@pytest.fixture
-def agents() -> Iterator[Callable[[list[str], Path], AgentProcess]]:
-    started: list[AgentProcess] = []
-
-    def start(args: list[str], cwd: Path) -> AgentProcess:
-        agent = AgentProcess(args, cwd)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.kill()
 
 
 def item_ids(endpoint_url: str, stream: str) -> list[int]:

@@ -148,6 +148,15 @@ class PostgresCapture:
                 f"PostgreSQL has wal_level={wal_level}; logical decoding needs wal_level=logical "
                 "(ALTER SYSTEM SET wal_level = logical, then restart the server)"
             )
+        (may_replicate,) = _one(
+            self._catalog,
+            "select rolreplication or rolsuper from pg_roles where rolname = current_user",
+        )
+        if not may_replicate:
+            raise CaptureError(
+                f"user {user} may not stream changes: it lacks the REPLICATION attribute "
+                f"(ALTER ROLE {user} REPLICATION)"
+            )
         self._ensure_publication(user)
         self._replication = _connect(settings.dsn, replication=True)
         slot = _one_or_none(
@@ -240,7 +249,8 @@ class PostgresCapture:
         except psycopg2.errors.InsufficientPrivilege as exc:
             raise CaptureError(
                 f"user {user} may not create or change publication {settings.publication!r}: "
-                f"{_first_line(exc)} (create it as the tables' owner, or grant ownership)"
+                f"{_first_line(exc)} (that needs CREATE on the database and ownership of the "
+                "tables, or superuser for all tables; or create the publication beforehand)"
             ) from exc
         except psycopg2.errors.UndefinedTable as exc:
             raise CaptureError(f"a --table does not exist: {_first_line(exc)}") from exc

@@ -120,7 +120,9 @@ class PostgresSourceConfig(BaseModel):
         ),
     )
     status_interval_s: float = Field(
-        10.0, gt=0, description="Interval of standby status updates (keepalive) to the server."
+        10.0,
+        ge=1,  # psycopg2's lower bound
+        description="Interval of standby status updates (keepalive) to the server.",
     )
     recreate_dropped_slot: bool = Field(
         False,
