@@ -11,6 +11,10 @@ every 5 ms by default, each time on the other core with the other's records to f
 cache. A longer switch interval lets each work in longer stretches; a thread that blocks (the
 sender waiting on its sockets, a put() waiting for buffer room) still hands over at once. It is
 kept at the producer's default linger, the delay records already accept before they are sent.
+
+A source that reads in a thread of its own (a database's replication client) is the exception:
+its thread and the event loop both have work all the time, and with 0.1 s turns every change
+would wait up to that long twice over. :func:`tune_for_reader_threads` goes back to the default.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 GC_YOUNG_THRESHOLD = 50_000
 # Seconds a running thread keeps the interpreter lock when another wants it (default 0.005).
 SWITCH_INTERVAL_S = 0.1
+DEFAULT_SWITCH_INTERVAL_S = 0.005
 
 
 def tune_for_throughput() -> None:
@@ -30,3 +35,8 @@ def tune_for_throughput() -> None:
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+def tune_for_reader_threads() -> None:
+    """Short interpreter lock turns, for a process whose sources read in threads."""
+    sys.setswitchinterval(min(sys.getswitchinterval(), DEFAULT_SWITCH_INTERVAL_S))

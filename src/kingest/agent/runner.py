@@ -19,6 +19,7 @@ from kingest.checkpoint import CheckpointStore
 from kingest.dlq import DeadLetterQueue
 from kingest.errors import KingestError
 from kingest.producer.producer import AsyncProducer
+from kingest.runtime import tune_for_reader_threads
 from kingest.sources.base import Source, SourceContext
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class Agent:
         built = [
             (source_config, source_config.build(self._store)) for source_config in config.sources
         ]
+        if any(source.reads_in_thread for _, source in built):
+            tune_for_reader_threads()
         for source_config, source in built:
             stream = config.stream_of(source_config)
             producer = self.producers.get(stream)

@@ -138,9 +138,13 @@ class Source(abc.ABC):
 
     ``can_ack`` says whether the source can commit positions (a file, a replication slot);
     sources without one (an HTTP request answered late, a simulator) set it to False.
+    ``reads_in_thread`` says its reading runs in a thread beside the event loop.
     """
 
     can_ack: bool = True
+    # True for a source whose blocking client reads in a thread of its own (see
+    # kingest.runtime.tune_for_reader_threads).
+    reads_in_thread: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name

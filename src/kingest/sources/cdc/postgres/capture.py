@@ -47,6 +47,10 @@ SESSION_OPTIONS: Final = (
     "-c bytea_output=hex -c extra_float_digits=3"
 )
 SNAPSHOT_FETCH_ROWS: Final = 2000
+# A batch of chunks is handed to the event loop once it holds this many events, or is this old,
+# or the server has nothing more to send right now.
+BATCH_EVENTS: Final = 500
+BATCH_MAX_AGE_S: Final = 0.05
 RECONNECT_MAX_DELAY_S: Final = 30.0
 
 
@@ -272,12 +276,14 @@ class PostgresCapture:
 
     # --- the stream (runs in the capture thread) ----------------------------------------------
 
-    def stream(self, emit: Callable[[Chunk | SnapshotDone], bool], stop: threading.Event) -> None:
+    def stream(
+        self, emit: Callable[[list[Chunk | SnapshotDone]], bool], stop: threading.Event
+    ) -> None:
         """Take the snapshot if one is due, then stream changes until ``stop`` is set.
 
         Args:
-            emit: hands a chunk to the event loop; blocks while its queue is full; returns
-                False once the loop stopped taking them.
+            emit: hands chunks to the event loop, a batch at a time; blocks while its queue
+                is full; returns False once the loop stopped taking them.
             stop: ends the stream (the connection stays open for :meth:`confirm`).
 
         Raises:
@@ -314,7 +320,7 @@ class PostgresCapture:
                 log.warning("Cannot reconnect yet.", extra={"error": str(exc)})
 
     def _stream_once(
-        self, emit: Callable[[Chunk | SnapshotDone], bool], stop: threading.Event
+        self, emit: Callable[[list[Chunk | SnapshotDone]], bool], stop: threading.Event
     ) -> None:
         settings = self.settings
         assembler = ChangeAssembler(
@@ -349,11 +355,20 @@ class PostgresCapture:
                 ) from exc
         log.info("Streaming changes.", extra={"slot": settings.slot, **options})
         last_heartbeat = time.monotonic()
+        # Chunks go to the loop in batches: one hand-over per transaction would cost more
+        # than the transaction's own work at a few thousand one-row transactions a second.
+        batch: list[Chunk | SnapshotDone] = []
+        batch_events = 0
+        batch_started = 0.0
         try:
             while not stop.is_set():
                 with self._lock:
                     message = cursor.read_message()
                 if message is None:
+                    if batch:
+                        if not emit(batch):
+                            return
+                        batch, batch_events = [], 0
                     now = time.monotonic()
                     if now - last_heartbeat >= settings.heartbeat_interval_s:
                         last_heartbeat = now
@@ -363,8 +378,17 @@ class PostgresCapture:
                 for chunk in assembler.feed(message.payload, message.data_start):
                     if chunk.end_lsn is not None:
                         self._last_end = chunk.end_lsn
-                    if not emit(chunk):
+                    if not batch:
+                        batch_started = time.monotonic()
+                    batch.append(chunk)
+                    batch_events += len(chunk.events)
+                if batch and (
+                    batch_events >= BATCH_EVENTS
+                    or time.monotonic() - batch_started >= BATCH_MAX_AGE_S
+                ):
+                    if not emit(batch):
                         return
+                    batch, batch_events = [], 0
         finally:
             assembler.close()
 
@@ -385,7 +409,7 @@ class PostgresCapture:
     def _snapshot(
         self,
         prepared: _Prepared,
-        emit: Callable[[Chunk | SnapshotDone], bool],
+        emit: Callable[[list[Chunk | SnapshotDone]], bool],
         stop: threading.Event,
     ) -> bool:
         """Read every captured table as of the slot's start; False when stopped midway."""
@@ -442,7 +466,7 @@ class PostgresCapture:
                     if held is not None:
                         chunk.events.append(held)
                         if len(chunk.events) >= SNAPSHOT_FETCH_ROWS:
-                            if not emit(chunk):
+                            if not emit([chunk]):
                                 return False
                             chunk = Chunk()
                     held = (event, self.builder.partition_key(event))
@@ -451,10 +475,10 @@ class PostgresCapture:
                 held[0]["source"]["snapshot"] = "last"
                 self.builder.mark_last(held[0], order)
                 chunk.events.append(held)
-            if chunk.events and not emit(chunk):
+            if chunk.events and not emit([chunk]):
                 return False
             log.info("The snapshot is read.", extra={"tables": len(tables), "rows": order})
-            return emit(SnapshotDone(prepared.slot_lsn))
+            return emit([SnapshotDone(prepared.slot_lsn)])
         finally:
             _close(connection)
 

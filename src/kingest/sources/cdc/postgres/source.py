@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PostgresSource", "PostgresSourceConfig"]
 
-# Chunks waiting for the event loop; each holds up to 500 events (2,000 for a snapshot).
-_QUEUE_CHUNKS = 8
+# Batches of chunks waiting for the event loop (a batch: about 500 events, or a snapshot's
+# 2,000 rows).
+_QUEUE_BATCHES = 8
 _SLOT_LANE = "slot"
 _SNAPSHOT_LANE = "snapshot"
 
@@ -149,6 +150,8 @@ class PostgresSourceConfig(BaseModel):
 class PostgresSource(Source):
     """Streams the changes of one database (see the module docstring)."""
 
+    reads_in_thread = True
+
     def __init__(self, config: PostgresSourceConfig, store: CheckpointStore) -> None:
         super().__init__(config.name)
         self.config = config
@@ -189,11 +192,13 @@ class PostgresSource(Source):
     async def run(self, ctx: SourceContext, stop: asyncio.Event) -> None:
         """Stream changes until ``stop`` is set, handing each event to ``ctx``."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Chunk | SnapshotDone | BaseException] = asyncio.Queue(_QUEUE_CHUNKS)
+        queue: asyncio.Queue[list[Chunk | SnapshotDone] | BaseException] = asyncio.Queue(
+            _QUEUE_BATCHES
+        )
         thread_stop = threading.Event()
 
-        def emit(item: Chunk | SnapshotDone) -> bool:
-            future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        def emit(batch: list[Chunk | SnapshotDone]) -> bool:
+            future = asyncio.run_coroutine_threadsafe(queue.put(batch), loop)
             while not thread_stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     future.result(timeout=0.2)
@@ -229,23 +234,34 @@ class PostgresSource(Source):
             thread_stop.set()
             await loop.run_in_executor(None, thread.join)
 
-    async def _hand_over(self, ctx: SourceContext, item: Chunk | SnapshotDone) -> None:
+    async def _hand_over(self, ctx: SourceContext, batch: list[Chunk | SnapshotDone]) -> None:
         producer = ctx.producer
-        if isinstance(item, SnapshotDone):
-            ctx.acks.add(_SNAPSHOT_LANE, item.lsn, producer.mark())
-            return
         name = self.name
         stats = ctx.stats
-        stats.received += len(item.events) + len(item.rejects)
-        stats.parsed += len(item.events)
         put_nowait = producer.put_nowait
-        for event, key in item.events:
-            if put_nowait(event, key, None, name) is None:
-                await producer.put(event, key, None, name)
-        for reject in item.rejects:
-            ctx.reject(reject.payload, DlqReason.INVALID_INPUT, reject.message)
-        if item.end_lsn is not None:
-            ctx.acks.add(_SLOT_LANE, item.end_lsn, producer.mark())
+        end_lsn: int | None = None
+        snapshot_done: SnapshotDone | None = None
+        for item in batch:
+            if isinstance(item, SnapshotDone):
+                snapshot_done = item
+                continue
+            stats.received += len(item.events) + len(item.rejects)
+            stats.parsed += len(item.events)
+            for event, key in item.events:
+                if put_nowait(event, key, None, name) is None:
+                    await producer.put(event, key, None, name)
+            for reject in item.rejects:
+                ctx.reject(reject.payload, DlqReason.INVALID_INPUT, reject.message)
+            if item.end_lsn is not None:
+                end_lsn = item.end_lsn
+        if end_lsn is None and snapshot_done is None:
+            return
+        # One mark covers the batch: its last transaction end is safe once all of it is.
+        mark = producer.mark()
+        if end_lsn is not None:
+            ctx.acks.add(_SLOT_LANE, end_lsn, mark)
+        if snapshot_done is not None:
+            ctx.acks.add(_SNAPSHOT_LANE, snapshot_done.lsn, mark)
 
     def commit(self, positions: Mapping[str, Any]) -> None:
         """Confirm the delivered LSN to the server and note it in the checkpoint store."""
