@@ -146,9 +146,7 @@ def run_source(endpoint_url: str, tmp_path: Path) -> Iterator[Callable[..., InPr
     def start(names: Names, stream: str, **fields: Any) -> InProcessAgent:
         agent = InProcessAgent(source_config(names, stream, tmp_path, **fields), endpoint_url)
         running.append(agent)
-        wait_until(
-            lambda: names.slot_lsn() is not None or agent.error is not None, 30, "the slot"
-        )
+        wait_until(lambda: names.slot_lsn() is not None or agent.error is not None, 30, "the slot")
         if agent.error is not None:
             raise agent.error
         return agent
