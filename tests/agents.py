@@ -1,15 +1,21 @@
-"""Agent commands run as real processes in tests: started, stopped by signal, killed."""
+"""Agents in tests: commands run as real processes (stopped by signal, killed), and agents run
+in-process on an event loop of their own."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from kingest.agent.config import AgentConfig
+from kingest.agent.runner import Agent
 
 
 class AgentProcess:
@@ -52,3 +58,39 @@ def agents() -> Iterator[Callable[[list[str], Path], AgentProcess]]:
     yield start
     for agent in started:
         agent.kill()
+
+
+class InProcessAgent:
+    """An agent on its own event loop in a thread, stopped like SIGTERM would."""
+
+    def __init__(self, config: AgentConfig, endpoint_url: str) -> None:
+        self.agent = Agent(config, endpoint_url=endpoint_url)
+        self.loop = asyncio.new_event_loop()
+        self.error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self.agent.run(self._stop)
+
+        try:
+            self.loop.run_until_complete(main())
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self._ready.set()
+            self.loop.close()
+
+    def stop(self) -> None:
+        if self.thread.is_alive() and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the agent did not stop"
+        if self.error is not None:
+            raise self.error

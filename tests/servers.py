@@ -96,3 +96,19 @@ def mysql_conn() -> Iterator[Any]:
         yield conn
     finally:
         conn.close()
+
+
+MQTT_BROKER = os.environ.get("KINGEST_TEST_MQTT", "127.0.0.1:1883")
+
+
+def require_mqtt() -> tuple[str, int]:
+    """The test MQTT broker's host and port, once it answers."""
+    import socket
+
+    host, _, port = MQTT_BROKER.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        unavailable(f"MQTT broker unreachable at {MQTT_BROKER}: {exc}")
+    return host, int(port)

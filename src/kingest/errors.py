@@ -9,7 +9,8 @@
     ├── BufferFullError               put() could not get buffer space in time
     ├── AggregationFormatError        starts with the KPL magic but is not a valid aggregate
     ├── CheckpointError               the checkpoint store cannot be opened, read or written
-    ├── CaptureError                  a database cannot be captured: settings, privileges, a
+    ├── SourceError                   a source's server refused us or cannot be reached
+    │   └── CaptureError              a database cannot be captured: settings, privileges, a
     │                                 dropped slot, a purged log (retriable: connection lost)
     └── KinesisError                  an answer from the service (``code`` is the AWS error code)
         ├── StreamNotFoundError       ResourceNotFoundException
@@ -102,17 +103,21 @@ class CheckpointError(KingestError):
     """The checkpoint file cannot be opened, read or written (corrupt, unwritable, closed)."""
 
 
-class CaptureError(KingestError):
-    """Change data capture cannot start or go on.
+class SourceError(KingestError):
+    """A source's server (a broker, a database) refused the source or cannot be reached.
 
-    The message says what the operator must do: set ``wal_level=logical``, grant the REPLICATION
-    privilege, recreate a dropped slot, ... ``retriable`` is set when the connection was lost and
-    capture may resume from the committed position.
+    The message says what the operator must do. ``retriable`` is set when the server may accept
+    a later attempt (it was unreachable), not when it refused (credentials, settings).
     """
 
     def __init__(self, message: str, *, retriable: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+class CaptureError(SourceError):
+    """Change data capture cannot start or go on: ``wal_level``, a missing REPLICATION
+    privilege, a dropped slot, a purged binlog, ..."""
 
 
 class KinesisError(KingestError):

@@ -30,6 +30,7 @@ class DlqReason(enum.StrEnum):
     """Why a record went to the dead-letter queue. A fixed list: dashboards and alerts key on it."""
 
     INVALID_INPUT = "invalid_input"  # not decodable as the input format said (e.g. bad JSON)
+    INVALID_RECORD = "invalid_record"  # decoded, but broke a data-quality rule or its schema
     INVALID_PARTITION_KEY = "invalid_partition_key"  # empty, over 256 chars, or a bad hash key
     RECORD_TOO_LARGE = "record_too_large"  # data + partition key over the stream's record limit
     NON_RETRYABLE_ERROR = "non_retryable_error"  # Kinesis refused it for good (code kept)

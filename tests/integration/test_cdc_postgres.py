@@ -7,7 +7,6 @@ where the command's contract, a crash or a restart is what is tested.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import signal
@@ -21,9 +20,8 @@ import orjson
 import pytest
 
 from kingest.agent.config import AgentConfig
-from kingest.agent.runner import Agent
 from kingest.sources.cdc.postgres.position import parse_lsn
-from tests.agents import AgentProcess
+from tests.agents import AgentProcess, InProcessAgent
 from tests.helpers import read_stream, wait_until
 from tests.servers import POSTGRES_DSN, unique_name
 
@@ -80,42 +78,6 @@ def names(pg_conn: Any) -> Iterator[Names]:
         yield found
     finally:
         found.cleanup()
-
-
-class InProcessAgent:
-    """An agent on its own event loop in a thread, stopped like SIGTERM would."""
-
-    def __init__(self, config: AgentConfig, endpoint_url: str) -> None:
-        self.agent = Agent(config, endpoint_url=endpoint_url)
-        self.loop = asyncio.new_event_loop()
-        self.error: BaseException | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        self._ready.wait(10)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._stop = asyncio.Event()
-            self._ready.set()
-            await self.agent.run(self._stop)
-
-        try:
-            self.loop.run_until_complete(main())
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self._ready.set()
-            self.loop.close()
-
-    def stop(self) -> None:
-        if self.thread.is_alive() and self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "the agent did not stop"
-        if self.error is not None:
-            raise self.error
 
 
 def source_config(names: Names, stream: str, tmp_path: Path, **fields: Any) -> AgentConfig:

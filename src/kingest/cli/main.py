@@ -14,7 +14,9 @@ from kingest.runtime import tune_for_throughput
 
 # One module per command; each has register(subparsers) -> the parser it added, whose
 # `handler` default is a function taking the parsed arguments and returning an exit status.
-COMMANDS = ("send", "read", "local", "dlq", "bench", "demo", "parse", "run", "tail", "cdc")
+COMMANDS = (
+    "send", "read", "local", "dlq", "bench", "demo", "parse", "run", "tail", "cdc", "mqtt",
+)  # fmt: skip
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

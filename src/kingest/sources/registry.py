@@ -12,11 +12,17 @@ from typing import Annotated
 from pydantic import Field
 
 from kingest.sources.cdc.postgres.source import PostgresSourceConfig
+from kingest.sources.mqtt.source import MqttSourceConfig
 from kingest.sources.weblog.source import FileSourceConfig
 
 SourceConfig = Annotated[
-    FileSourceConfig | PostgresSourceConfig,
+    FileSourceConfig | PostgresSourceConfig | MqttSourceConfig,
     Field(discriminator="type"),
 ]
 
-__all__ = ["FileSourceConfig", "PostgresSourceConfig", "SourceConfig"]
+__all__ = [
+    "FileSourceConfig",
+    "MqttSourceConfig",
+    "PostgresSourceConfig",
+    "SourceConfig",
+]

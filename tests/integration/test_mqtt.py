@@ -1,0 +1,273 @@
+"""The MQTT source end to end: the machine's Mosquitto in, the embedded Kinesis endpoint out.
+
+Each test publishes under its own topic prefix and subscribes with its own client id. The
+no-loss tests crash the agent (SIGKILL) or restart the broker while readings flow, then check
+that every reading the broker accepted reached the stream.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from paho.mqtt import client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from kingest.agent.config import AgentConfig
+from tests.agents import AgentProcess, InProcessAgent
+from tests.helpers import dlq_entries, read_stream, wait_until
+from tests.servers import MQTT_BROKER, require_mqtt
+
+pytestmark = pytest.mark.integration
+
+
+class Publisher:
+    """A QoS 1 publisher that waits for the broker's PUBACK and retries across restarts."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"kt-pub-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.reconnect_delay_set(1, 2)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            info = self.client.publish(topic, payload, qos=qos)
+            try:
+                info.wait_for_publish(5)
+                if info.is_published():
+                    return
+            except (RuntimeError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not publish to {topic}")
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def broker() -> tuple[str, int]:
+    return require_mqtt()
+
+
+@pytest.fixture
+def publisher(broker: tuple[str, int]) -> Iterator[Publisher]:
+    found = Publisher(*broker)
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"kt-{uuid.uuid4().hex[:10]}"
+
+
+def reading(i: int, **extra: Any) -> bytes:
+    return orjson.dumps({"seq": i, "value": 20 + i % 10, "unit": "C", **extra})
+
+
+def seqs(endpoint_url: str, stream: str) -> list[int]:
+    return [orjson.loads(r.data)["seq"] for r in read_stream(endpoint_url, stream)]
+
+
+def agent_config(prefix: str, stream: str, tmp_path: Path, **fields: Any) -> AgentConfig:
+    return AgentConfig.model_validate(
+        {
+            "stream": stream,
+            "checkpoint_path": str(tmp_path / "checkpoints.db"),
+            "producer": {"linger_ms": 20, "dlq_dir": str(tmp_path / "dlq")},
+            "sources": [
+                {
+                    "type": "mqtt",
+                    "broker": MQTT_BROKER,
+                    "topics": [f"{prefix}/#"],
+                    "client_id": f"{prefix}-agent",
+                    "topic_template": f"{prefix}/{{device_type}}/{{device_id}}",
+                    **fields,
+                }
+            ],
+        }
+    )
+
+
+def test_readings_rules_and_dead_letters(
+    broker: tuple[str, int], publisher: Publisher, prefix: str, tmp_path: Path,
+    stream_factory: Callable[..., str], endpoint_url: str,
+) -> None:  # fmt: skip
+    stream = stream_factory(shards=2)
+    rules = {"temperature": {"min": -40, "max": 85, "units": ["C"]}}
+    agent = InProcessAgent(agent_config(prefix, stream, tmp_path, rules=rules), endpoint_url)
+    try:
+        time.sleep(0.5)
+        for i in range(50):
+            publisher.publish(f"{prefix}/temperature/t{i % 5}", reading(i))
+        publisher.publish(f"{prefix}/temperature/t0", reading(50, value=300))  # breaks the rule
+        publisher.publish(f"{prefix}/temperature/t0", b"not json")
+        publisher.publish(f"{prefix}/humidity/h1", b"55")  # no rule for humidity
+        wait_until(lambda: len(read_stream(endpoint_url, stream)) >= 51, 30, "the readings")
+    finally:
+        agent.stop()
+    records = read_stream(endpoint_url, stream)
+    objects = [orjson.loads(r.data) for r in records]
+    temperatures = [o for o in objects if o.get("device_type") == "temperature"]
+    assert sorted(o["seq"] for o in temperatures) == list(range(50))
+    for record, obj in zip(records, objects, strict=True):
+        assert record.partition_key == obj["device_id"]
+        assert obj["source"] == "iot_sensors" and obj["ingestion_timestamp"].endswith("+00:00")
+    assert {"value": 55, "device_type": "humidity", "device_id": "h1"}.items() <= next(
+        o for o in objects if o.get("device_type") == "humidity"
+    ).items()
+    by_device: dict[str, list[int]] = {}
+    for obj in temperatures:
+        by_device.setdefault(obj["device_id"], []).append(obj["seq"])
+    assert all(sequence == sorted(sequence) for sequence in by_device.values())
+    reasons = sorted((e.reason, e.error_message or "") for e in dlq_entries(tmp_path / "dlq"))
+    assert [reason for reason, _ in reasons] == ["invalid_input", "invalid_record"]
+    assert "not JSON" in reasons[0][1] and "above max 85" in reasons[1][1]
+
+
+def test_flagged_readings_and_qos0(
+    broker: tuple[str, int], publisher: Publisher, prefix: str, tmp_path: Path,
+    stream_factory: Callable[..., str], endpoint_url: str,
+) -> None:  # fmt: skip
+    stream = stream_factory()
+    config = agent_config(
+        prefix, stream, tmp_path, qos=0, on_violation="flag",
+        rules={"co2": {"max": 5000}},
+    )  # fmt: skip
+    agent = InProcessAgent(config, endpoint_url)
+    try:
+        time.sleep(0.5)
+        publisher.publish(f"{prefix}/co2/c1", reading(1, value=9000), qos=0)
+        publisher.publish(f"{prefix}/co2/c1", reading(2, value=420), qos=0)
+        wait_until(lambda: len(read_stream(endpoint_url, stream)) >= 2, 30, "the readings")
+    finally:
+        agent.stop()
+    objects = [orjson.loads(r.data) for r in read_stream(endpoint_url, stream)]
+    assert objects[0]["quality_violations"] == ["value 9000 above max 5000"]
+    assert "quality_violations" not in objects[1]
+
+
+def mqtt_args(prefix: str, stream: str, endpoint_url: str, *, verbose: bool = True) -> list[str]:
+    # At INFO the agent says when it is connected and running.
+    return [
+        *(["--log-level", "INFO"] if verbose else []),
+        "mqtt", "--broker", MQTT_BROKER, "--topic", f"{prefix}/#", "--stream", stream,
+        "--client-id", f"{prefix}-agent", "--topic-template",
+        f"{prefix}/{{device_type}}/{{device_id}}", "--endpoint-url", endpoint_url,
+        "--linger-ms", "20",
+    ]  # fmt: skip
+
+
+def publish_in_background(
+    publisher: Publisher, prefix: str, count: int, pause_s: float = 0.002
+) -> tuple[threading.Thread, list[int]]:
+    published: list[int] = []
+
+    def run() -> None:
+        for i in range(count):
+            publisher.publish(f"{prefix}/temperature/t{i % 7}", reading(i))
+            published.append(i)
+            time.sleep(pause_s)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, published
+
+
+def test_sigkill_and_restart_with_the_persistent_session_lose_nothing(
+    broker: tuple[str, int], publisher: Publisher, prefix: str, tmp_path: Path,
+    stream_factory: Callable[..., str], endpoint_url: str,
+    agents: Callable[[list[str], Path], AgentProcess],
+) -> None:  # fmt: skip
+    stream = stream_factory(shards=2)
+    agent = agents(mqtt_args(prefix, stream, endpoint_url), tmp_path)
+    wait_until(
+        lambda: "is running" in agent.stderr or agent.process.poll() is not None, 30, "start"
+    )
+    time.sleep(1.0)  # the subscription is made once connected
+    thread, published = publish_in_background(publisher, prefix, 1500)
+    wait_until(lambda: len(read_stream(endpoint_url, stream)) >= 400, 60, "readings before")
+    agent.process.kill()
+    agent.process.wait(10)
+    time.sleep(1.0)  # readings keep coming while the agent is away: the session holds them
+    agent = agents(mqtt_args(prefix, stream, endpoint_url), tmp_path)
+    thread.join(120)
+    assert len(published) == 1500
+    wait_until(lambda: set(seqs(endpoint_url, stream)) >= set(range(1500)), 60, "every reading")
+    assert agent.stop(signal.SIGTERM) == 0, agent.stderr
+
+
+def restart_broker() -> None:
+    subprocess.run(["pkill", "-x", "mosquitto"], check=False)
+    wait_until(
+        lambda: subprocess.run(["pgrep", "-x", "mosquitto"], capture_output=True).returncode != 0,
+        30,
+        "the broker to stop",
+    )
+    subprocess.run(["mosquitto", "-d", "-c", "/etc/mosquitto/mosquitto.conf"], check=True)
+    wait_until(lambda: _reachable(), 30, "the broker to start")
+
+
+def _reachable() -> bool:
+    import socket
+
+    host, _, port = MQTT_BROKER.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_broker_restart_mid_stream_loses_nothing(
+    broker: tuple[str, int], publisher: Publisher, prefix: str, tmp_path: Path,
+    stream_factory: Callable[..., str], endpoint_url: str,
+    agents: Callable[[list[str], Path], AgentProcess],
+) -> None:  # fmt: skip
+    if broker[0] not in ("127.0.0.1", "localhost"):
+        pytest.skip("restarts the broker: only a local one")
+    stream = stream_factory()
+    agent = agents(mqtt_args(prefix, stream, endpoint_url), tmp_path)
+    wait_until(
+        lambda: "is running" in agent.stderr or agent.process.poll() is not None, 30, "start"
+    )
+    time.sleep(1.0)
+    thread, published = publish_in_background(publisher, prefix, 1200)
+    wait_until(lambda: len(published) >= 400, 60, "readings before the restart")
+    restart_broker()
+    thread.join(120)
+    assert len(published) == 1200
+    wait_until(lambda: set(seqs(endpoint_url, stream)) >= set(range(1200)), 90, "every reading")
+    assert agent.stop(signal.SIGTERM) == 0, agent.stderr
+
+
+def test_an_unreachable_broker_is_one_line(
+    tmp_path: Path, stream_factory: Callable[..., str], endpoint_url: str,
+    agents: Callable[[list[str], Path], AgentProcess],
+) -> None:  # fmt: skip
+    args = mqtt_args("kt-none", stream_factory(), endpoint_url, verbose=False)
+    args[args.index("--broker") + 1] = "127.0.0.1:1"
+    agent = agents(args, tmp_path)
+    assert agent.process.wait(60) == 1
+    assert "cannot connect to MQTT broker" in agent.stderr
+    assert "Traceback" not in agent.stderr
+    assert len(agent.stderr.strip().splitlines()) == 1, agent.stderr
