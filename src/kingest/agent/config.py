@@ -31,7 +31,8 @@ from kingest.sources.registry import SourceConfig
 class AgentConfig(BaseModel):
     """Everything ``kingest run -c`` needs: the stream, the producer, the sources."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A DSN with a password must not come back in a validation error's text.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     stream: str | None = Field(
         None, description="Default stream of every source that names none (name or ARN)."

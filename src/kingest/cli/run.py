@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``kingest run``; see the module docstring."""
     config = load_config(args.config)
     if args.check:
-        print(orjson.dumps(config.model_dump(by_alias=True), option=orjson.OPT_INDENT_2).decode())
+        # JSON mode: secrets print as "**********", never in clear.
+        dumped = config.model_dump(mode="json", by_alias=True)
+        print(orjson.dumps(dumped, option=orjson.OPT_INDENT_2).decode())
         return 0
     return run_agent(config, args.endpoint_url, "run")
 

@@ -11,18 +11,20 @@ from typing import Annotated
 
 from pydantic import Field
 
+from kingest.sources.cdc.mysql.source import MySqlSourceConfig
 from kingest.sources.cdc.postgres.source import PostgresSourceConfig
 from kingest.sources.mqtt.source import MqttSourceConfig
 from kingest.sources.weblog.source import FileSourceConfig
 
 SourceConfig = Annotated[
-    FileSourceConfig | PostgresSourceConfig | MqttSourceConfig,
+    FileSourceConfig | PostgresSourceConfig | MySqlSourceConfig | MqttSourceConfig,
     Field(discriminator="type"),
 ]
 
 __all__ = [
     "FileSourceConfig",
     "MqttSourceConfig",
+    "MySqlSourceConfig",
     "PostgresSourceConfig",
     "SourceConfig",
 ]
