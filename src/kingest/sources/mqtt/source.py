@@ -73,6 +73,7 @@ _LANE = "mqtt"
 # it the network thread waits (the broker then holds what follows).
 _MAX_INBOX = 50_000
 _CONNECT_TIMEOUT_S = 15.0
+_COALESCE_S = 0.002
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -215,6 +216,8 @@ class MqttSource(Source):
         self._sequence = 0
         self._unacked: deque[tuple[int, int, int, int]] = deque()  # seq, generation, mid, qos
         self._closing = False
+        # Set while a wake-up of the event loop is on its way: one per batch, not per message.
+        self._wake_pending = False
 
     # --- connection (network thread callbacks) ------------------------------------------------
 
@@ -292,9 +295,10 @@ class MqttSource(Source):
         with self._inbox_room:
             while len(self._inbox) >= _MAX_INBOX and not self._closing:
                 self._inbox_room.wait(0.5)
-            was_empty = not self._inbox
             self._inbox.append(item)
-        if was_empty and self._loop is not None and self._wake is not None:
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake and self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     # --- life cycle -----------------------------------------------------------------------------
@@ -349,6 +353,10 @@ class MqttSource(Source):
                 waiter = asyncio.create_task(wake.wait())
                 await asyncio.wait({waiter, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
+                # Let a few more messages come: each wake-up of the loop costs more than one.
+                await asyncio.sleep(_COALESCE_S)
+                with self._inbox_room:
+                    self._wake_pending = False
                 wake.clear()
                 await self._drain(ctx)
         finally:
