@@ -16,7 +16,7 @@ from kingest.runtime import tune_for_throughput
 # One module per command; each has register(subparsers) -> the parser it added, whose
 # `handler` default is a function taking the parsed arguments and returning an exit status.
 COMMANDS = (
-    "send", "read", "local", "dlq", "bench", "demo", "parse", "run", "tail", "cdc", "mqtt",
+    "send", "read", "local", "dlq", "bench", "demo", "parse", "run", "tail", "cdc", "mqtt", "http",
 )  # fmt: skip
 
 

@@ -13,16 +13,22 @@ from pydantic import Field
 
 from kingest.sources.cdc.mysql.source import MySqlSourceConfig
 from kingest.sources.cdc.postgres.source import PostgresSourceConfig
+from kingest.sources.http.source import HttpSourceConfig
 from kingest.sources.mqtt.source import MqttSourceConfig
 from kingest.sources.weblog.source import FileSourceConfig
 
 SourceConfig = Annotated[
-    FileSourceConfig | PostgresSourceConfig | MySqlSourceConfig | MqttSourceConfig,
+    FileSourceConfig
+    | PostgresSourceConfig
+    | MySqlSourceConfig
+    | MqttSourceConfig
+    | HttpSourceConfig,
     Field(discriminator="type"),
 ]
 
 __all__ = [
     "FileSourceConfig",
+    "HttpSourceConfig",
     "MqttSourceConfig",
     "MySqlSourceConfig",
     "PostgresSourceConfig",

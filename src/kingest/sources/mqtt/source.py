@@ -51,6 +51,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from kingest.addresses import parse_host_port
 from kingest.checkpoint import CheckpointStore
 from kingest.errors import ConfigError, SourceError
 from kingest.keys import KeyTemplate, key_with_fallback
@@ -77,18 +78,12 @@ _COALESCE_S = 0.002
 
 
 def parse_broker(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (or ``HOST``, port 1883; ``[v6]:PORT``) as host and port.
+    """``HOST:PORT`` of a broker (port 1883 when only a host is given).
 
     Raises:
         ValueError: not a host and port.
     """
-    host, sep, port = text.strip().rpartition(":")
-    if not sep:
-        host, port = text.strip(), "1883"
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"broker must be HOST:PORT, not {text!r}")
-    return host, int(port)
+    return parse_host_port(text, default_port=1883)
 
 
 class MqttSourceConfig(BaseModel):

@@ -1,0 +1,291 @@
+"""The HTTP source: application events POSTed to ``/v1/events``, answered once they are safe.
+
+``POST /v1/events`` takes one JSON object, a JSON array of objects (``application/json``) or
+NDJSON (``application/x-ndjson``), with ``Authorization: Bearer TOKEN`` when a token is set.
+Each event becomes one record: its fields, flat, plus ``source`` (the source name) and
+``ingestion_timestamp``; an event's own ``source`` field is kept as ``origin``. The answer::
+
+    {"accepted": 2, "failed": 1, "results": [
+        {"index": 0, "status": "accepted"},
+        {"index": 1, "status": "rejected", "error": "element 1 is a JSON number, not an object"},
+        {"index": 2, "status": "accepted"}]}
+
+comes once every event in it is accepted by Kinesis or in the dead-letter queue (``status``
+``dead_lettered``, with the reason), so a 200 means the events are safe. With ``ack: buffered``
+the answer is a 202 as soon as the events are in the producer's buffer.
+
+Status codes: 200 (or 202) with the results; 400 for a body that is not JSON (naming the line);
+401 without the right token; 413 past ``max_body_bytes``; 415 for another content type; 503
+with ``Retry-After`` when the buffer stays full (the events admitted before are in the results,
+the others are ``rejected`` with ``"error": "buffer full"``: send those again) or while the
+agent shuts down. ``GET /health`` answers 200 while the source runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from kingest.addresses import parse_host_port
+from kingest.checkpoint import CheckpointStore
+from kingest.errors import BufferFullError, ConfigError, SourceError
+from kingest.keys import KeyTemplate, key_with_fallback
+from kingest.producer.producer import AsyncProducer
+from kingest.record import RecordFuture
+from kingest.sources.base import Source, SourceContext
+from kingest.sources.http.events import NDJSON_TYPES, BodyError, NotAnEvent, parse_body
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HttpSource", "HttpSourceConfig"]
+
+# Seconds a client is asked to wait before trying again (Retry-After).
+RETRY_AFTER_S = 1
+
+
+class HttpSourceConfig(BaseModel):
+    """A ``type: http`` source: an HTTP endpoint taking application events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    type: Literal["http"] = Field(description="Take events over HTTP.")
+    name: str = Field(
+        "app_events",
+        min_length=1,
+        description="Source name: the records' `source` field and statistics.",
+    )
+    listen: str = Field(
+        "127.0.0.1:8080", description="HOST:PORT to listen on (port 0: any free port)."
+    )
+    token: SecretStr | None = Field(
+        None, description="Bearer token clients must send; none: no authentication."
+    )
+    token_file: str | None = Field(
+        None, description="File holding the token (its content without surrounding whitespace)."
+    )
+    max_body_bytes: int = Field(
+        16 << 20, ge=1024, le=16 << 20, description="Largest request body taken (413 beyond)."
+    )
+    ack: Literal["delivered", "buffered"] = Field(
+        "delivered",
+        description=(
+            "delivered: answer once every event is accepted or dead-lettered; buffered: "
+            "answer 202 once the events are in the buffer."
+        ),
+    )
+    admission_timeout_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a request waits for buffer room before the rest is refused (503).",
+    )
+    partition_key: str | None = Field(
+        None,
+        description="Partition key template, e.g. '{user_id}'; none: a digest of the event.",
+    )
+    stream: str | None = Field(None, description="Stream of this source (default: the agent's).")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_host_port(value, any_port=True)
+        return value
+
+    @model_validator(mode="after")
+    def _one_token(self) -> HttpSourceConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        return self
+
+    def build(self, store: CheckpointStore) -> HttpSource:
+        """The running source for this config (``store`` is unused: clients hold the data).
+
+        Raises:
+            ConfigError: the token file cannot be read or is empty.
+        """
+        return HttpSource(self)
+
+
+class HttpSource(Source):
+    """Serves ``/v1/events`` and ``/health`` (see the module docstring)."""
+
+    can_ack = False  # the answer to the client is the acknowledgement
+
+    def __init__(self, config: HttpSourceConfig) -> None:
+        super().__init__(config.name)
+        self.config = config
+        self.host, self.port = parse_host_port(config.listen, any_port=True)
+        self._token = _load_token(config)
+        self.keys = [KeyTemplate(None, config.partition_key)] if config.partition_key else []
+        self._ctx: SourceContext | None = None
+        self._stopping = False
+        self._runner: web.AppRunner | None = None
+        self.bound_port: int | None = None
+
+    def _application(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.router.add_post("/v1/events", self._post_events)
+        app.router.add_get("/health", self._health)
+        return app
+
+    async def start(self) -> None:
+        """Listen (a port in use stops the agent with a one-line error)."""
+        runner = web.AppRunner(self._application(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise SourceError(f"cannot listen on {self.config.listen}: {exc}") from exc
+        self._runner = runner
+        addresses = runner.addresses
+        self.bound_port = int(addresses[0][1]) if addresses else self.port
+        log.info("Listening for events.", extra={"source": self.name, "port": self.bound_port})
+
+    async def run(self, ctx: SourceContext, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then answer the requests in progress and close."""
+        self._ctx = ctx
+        await stop.wait()
+        self._stopping = True
+        if self._runner is not None:
+            # Requests already taken are answered once their events are safe: the producer
+            # is still running while the runner waits for them.
+            await self._runner.cleanup()
+            self._runner = None
+
+    def close(self) -> None:
+        """Nothing left open after :meth:`run` (the runner is cleaned up there)."""
+
+    # --- handlers ------------------------------------------------------------------------------
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        if self._stopping:
+            return web.json_response({"status": "stopping"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def _post_events(self, request: web.Request) -> web.Response:
+        ctx = self._ctx
+        if self._stopping or ctx is None:
+            return _error(503, "the agent is stopping", retry_after=5)
+        if self._token is not None and not self._authorized(request):
+            return _error(401, "missing or wrong bearer token", bearer=True)
+        length = request.content_length
+        if length is not None and length > self.config.max_body_bytes:
+            return _error(413, f"body over {self.config.max_body_bytes} bytes")
+        media_type = request.content_type
+        if media_type != "application/json" and media_type not in NDJSON_TYPES:
+            return _error(
+                415, f"content type {media_type} (use application/json or application/x-ndjson)"
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body over {self.config.max_body_bytes} bytes")
+        try:
+            events = parse_body(body, media_type)
+        except BodyError as exc:
+            return _error(400, str(exc))
+        return await self._take(ctx, events)
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        assert self._token is not None
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self._token
+        )
+
+    async def _take(
+        self, ctx: SourceContext, events: list[dict[str, Any] | NotAnEvent]
+    ) -> web.Response:
+        producer: AsyncProducer = ctx.producer
+        name = self.name
+        keys = self.keys
+        stats = ctx.stats
+        stats.received += len(events)
+        results: list[dict[str, Any] | None] = [None] * len(events)
+        admitted: list[tuple[int, RecordFuture]] = []
+        ingested = datetime.now(UTC).isoformat(timespec="milliseconds")
+        full_at: int | None = None
+        for index, event in enumerate(events):
+            if isinstance(event, NotAnEvent):
+                stats.invalid += 1
+                results[index] = {"index": index, "status": "rejected", "error": event.reason}
+                continue
+            own = event.pop("source", None)
+            if own is not None:
+                event["origin"] = own
+            event["source"] = name
+            event["ingestion_timestamp"] = ingested
+            try:
+                key: str | None = key_with_fallback(keys, event) if keys else None
+            except KeyError:
+                key = None
+            future = producer.put_nowait(event, key, None, name)
+            if future is None:
+                try:
+                    future = await producer.put(
+                        event, key, None, name, timeout=self.config.admission_timeout_s
+                    )
+                except BufferFullError:
+                    full_at = index
+                    break
+            stats.parsed += 1
+            admitted.append((index, future))
+        if full_at is not None:
+            for index in range(full_at, len(events)):
+                if results[index] is None:
+                    results[index] = {"index": index, "status": "rejected", "error": "buffer full"}
+        if self.config.ack == "buffered":
+            for index, _ in admitted:
+                results[index] = {"index": index, "status": "accepted"}
+        else:
+            for index, future in admitted:
+                result = await future
+                if result.delivered:
+                    results[index] = {"index": index, "status": "accepted"}
+                else:
+                    reason = result.reason.value if result.reason else "dead_lettered"
+                    detail = f": {result.error_message}" if result.error_message else ""
+                    results[index] = {
+                        "index": index,
+                        "status": "dead_lettered",
+                        "error": f"{reason}{detail}",
+                    }
+        accepted = sum(1 for r in results if r is not None and r["status"] == "accepted")
+        body = {"accepted": accepted, "failed": len(events) - accepted, "results": results}
+        if full_at is not None:
+            return web.json_response(body, status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        return web.json_response(body, status=202 if self.config.ack == "buffered" else 200)
+
+
+def _error(
+    status: int, message: str, *, retry_after: int | None = None, bearer: bool = False
+) -> web.Response:
+    headers = {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if bearer:
+        headers["WWW-Authenticate"] = 'Bearer realm="kingest"'
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _load_token(config: HttpSourceConfig) -> bytes | None:
+    if config.token is not None:
+        token = config.token.get_secret_value().strip()
+    elif config.token_file is not None:
+        try:
+            token = Path(config.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"source {config.name}: cannot read token_file: {exc}") from exc
+    else:
+        return None
+    if not token:
+        raise ConfigError(f"source {config.name}: the token is empty")
+    return token.encode()
