@@ -36,6 +36,7 @@ __all__ = [
     "Pacer",
     "append_weblog",
     "post_events",
+    "prepare_tables",
     "publish_iot",
     "sim_tables",
     "write_cdc",
@@ -149,6 +150,17 @@ _COLUMNS: Final = {
 }
 
 
+def prepare_tables(connection: Any, dialect: str, tables: dict[str, str]) -> None:
+    """Create the simulator's tables if missing and empty them (they are its own: name them
+    with ``tables``)."""
+    quote = '"' if dialect == "postgres" else "`"
+    with connection.cursor() as cursor:
+        for name, table in tables.items():
+            cursor.execute(f"create table if not exists {quote}{table}{quote} ({_COLUMNS[name]})")
+            cursor.execute(f"delete from {quote}{table}{quote}")
+    connection.commit()
+
+
 def write_cdc(
     connection: Any,
     dialect: str,
@@ -157,23 +169,21 @@ def write_cdc(
     tables: dict[str, str],
     seed: int | None = None,
     tag: str = "",
+    prepare: bool = True,
 ) -> int:
     """Apply the simulated shop's transactions to real tables; the number of rows changed.
 
-    The tables are created if missing and emptied first (they are the simulator's own: name
-    them with ``tables``). Each simulated transaction is one database transaction. With
-    ``tag``, inserted and updated rows carry ``tag = '<tag>-<n>'``, n counting changes.
+    With ``prepare``, the tables are first made ready with :func:`prepare_tables`. Each
+    simulated transaction is one database transaction. With ``tag``, inserted and updated rows
+    carry ``tag = '<tag>-<n>'``, n counting changes.
 
     Args:
         connection: a DB-API connection (psycopg2 or PyMySQL), not in autocommit.
         dialect: ``postgres`` or ``mysql``.
     """
+    if prepare:
+        prepare_tables(connection, dialect, tables)
     quote = '"' if dialect == "postgres" else "`"
-    with connection.cursor() as cursor:
-        for name, table in tables.items():
-            cursor.execute(f"create table if not exists {quote}{table}{quote} ({_COLUMNS[name]})")
-            cursor.execute(f"delete from {quote}{table}{quote}")
-    connection.commit()
     simulator = CdcSimulator(seed, clock=lambda: datetime.now(UTC))
     count = 0
     open_tx: Any = None
