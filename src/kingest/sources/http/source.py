@@ -24,6 +24,7 @@ agent shuts down. ``GET /health`` answers 200 while the source runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 from datetime import UTC, datetime
@@ -125,6 +126,7 @@ class HttpSource(Source):
         self.keys = [KeyTemplate(None, config.partition_key)] if config.partition_key else []
         self._ctx: SourceContext | None = None
         self._stopping = False
+        self._running = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
 
@@ -152,6 +154,7 @@ class HttpSource(Source):
     async def run(self, ctx: SourceContext, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then answer the requests in progress and close."""
         self._ctx = ctx
+        self._running.set()
         await stop.wait()
         self._stopping = True
         if self._runner is not None:
@@ -171,6 +174,10 @@ class HttpSource(Source):
         return web.json_response({"status": "ok"})
 
     async def _post_events(self, request: web.Request) -> web.Response:
+        if self._ctx is None and not self._stopping:
+            # Listening starts before the agent hands the source its context.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._running.wait(), 10)
         ctx = self._ctx
         if self._stopping or ctx is None:
             return _error(503, "the agent is stopping", retry_after=5)
