@@ -166,6 +166,26 @@ def test_flagged_readings_and_qos0(
     assert "quality_violations" not in objects[1]
 
 
+def test_mqtt_3_1_1_with_a_persistent_session(
+    broker: tuple[str, int], publisher: Publisher, prefix: str, tmp_path: Path,
+    stream_factory: Callable[..., str], endpoint_url: str,
+) -> None:  # fmt: skip
+    stream = stream_factory()
+    first = InProcessAgent(agent_config(prefix, stream, tmp_path, protocol="3.1.1"), endpoint_url)
+    try:
+        time.sleep(0.5)
+        publisher.publish(f"{prefix}/temperature/t1", reading(1))
+        wait_until(lambda: len(read_stream(endpoint_url, stream)) >= 1, 30, "the first reading")
+    finally:
+        first.stop()
+    publisher.publish(f"{prefix}/temperature/t1", reading(2))  # while the agent is away
+    second = InProcessAgent(agent_config(prefix, stream, tmp_path, protocol="3.1.1"), endpoint_url)
+    try:
+        wait_until(lambda: sorted(seqs(endpoint_url, stream)) == [1, 2], 30, "the kept reading")
+    finally:
+        second.stop()
+
+
 def mqtt_args(prefix: str, stream: str, endpoint_url: str, *, verbose: bool = True) -> list[str]:
     # At INFO the agent says when it is connected and running.
     return [
