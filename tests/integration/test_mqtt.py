@@ -8,6 +8,7 @@ that every reading the broker accepted reached the stream.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -291,3 +292,31 @@ def test_an_unreachable_broker_is_one_line(
     assert "cannot connect to MQTT broker" in agent.stderr
     assert "Traceback" not in agent.stderr
     assert len(agent.stderr.strip().splitlines()) == 1, agent.stderr
+
+
+def test_a_refused_connection_is_one_line(
+    tmp_path: Path, stream_factory: Callable[..., str], endpoint_url: str,
+    agents: Callable[[list[str], Path], AgentProcess],
+) -> None:  # fmt: skip
+    """A broker answering CONNACK 0x86 (bad user name or password), played by a socket."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def refuse() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(1024)
+            connection.sendall(b"\x20\x03\x00\x86\x00")
+            connection.recv(1024)
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    try:
+        args = mqtt_args("kt-refused", stream_factory(), endpoint_url, verbose=False)
+        args[args.index("--broker") + 1] = f"127.0.0.1:{port}"
+        agent = agents(args, tmp_path)
+        assert agent.process.wait(60) == 1
+        assert "refused the connection: bad user name or password" in agent.stderr
+        assert len(agent.stderr.strip().splitlines()) == 1, agent.stderr
+    finally:
+        server.close()

@@ -38,17 +38,11 @@ import contextlib
 import logging
 import socket
 import ssl
-import threading
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from paho.mqtt import client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from kingest.addresses import parse_host_port
@@ -57,6 +51,7 @@ from kingest.errors import ConfigError, SourceError
 from kingest.keys import KeyTemplate, key_with_fallback
 from kingest.record import DlqReason
 from kingest.sources.base import Source, SourceContext
+from kingest.sources.mqtt.client import ConnectRefusedError, Message, MqttConnection, MqttError
 from kingest.sources.mqtt.readings import (
     PayloadError,
     QualityRule,
@@ -70,11 +65,6 @@ log = logging.getLogger(__name__)
 __all__ = ["MqttSource", "MqttSourceConfig", "parse_broker"]
 
 _LANE = "mqtt"
-# Messages handed from the network thread and not yet taken by the event loop, at most; past
-# it the network thread waits (the broker then holds what follows).
-_MAX_INBOX = 50_000
-_CONNECT_TIMEOUT_S = 15.0
-_COALESCE_S = 0.002
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -171,23 +161,8 @@ class MqttSourceConfig(BaseModel):
         return MqttSource(self)
 
 
-class _Message:
-    """A message as the network thread hands it over."""
-
-    __slots__ = ("generation", "mid", "payload", "qos", "topic")
-
-    def __init__(self, generation: int, mid: int, qos: int, topic: str, payload: bytes) -> None:
-        self.generation = generation
-        self.mid = mid
-        self.qos = qos
-        self.topic = topic
-        self.payload = payload
-
-
 class MqttSource(Source):
     """Reads one broker's topics (see the module docstring)."""
-
-    reads_in_thread = True
 
     def __init__(self, config: MqttSourceConfig) -> None:
         super().__init__(config.name)
@@ -200,171 +175,127 @@ class MqttSource(Source):
             for template in (config.partition_key, config.partition_key_fallback)
             if template
         ]
-        self._client: mqtt.Client | None = None
-        self._inbox: deque[_Message] = deque()
-        self._inbox_room = threading.Condition()
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._generation = 0  # counts connections: a message id is only valid in its own
-        self._connected = threading.Event()
-        self._connect_error: str | None = None
+        self._ssl = self._ssl_context()
+        self._connection: MqttConnection | None = None
+        # Counts connections: a packet id is only valid on the connection it came on. After
+        # a reconnection the broker sends the unacknowledged messages again, with their ids.
+        self._generation = 0
         self._sequence = 0
-        self._unacked: deque[tuple[int, int, int, int]] = deque()  # seq, generation, mid, qos
-        self._closing = False
-        # Set while a wake-up of the event loop is on its way: one per batch, not per message.
-        self._wake_pending = False
+        self._unacked: deque[tuple[int, int, int | None]] = deque()  # seq, generation, id
 
-    # --- connection (network thread callbacks) ------------------------------------------------
-
-    def _new_client(self) -> mqtt.Client:
+    def _ssl_context(self) -> ssl.SSLContext | None:
         config = self.config
-        v5 = config.protocol == "5"
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=None if v5 else not config.persistent_session,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            manual_ack=True,
-        )
-        if config.username is not None:
-            password = config.password.get_secret_value() if config.password else None
-            client.username_pw_set(config.username, password)
-        if config.tls:
-            try:
-                client.tls_set(
-                    ca_certs=config.ca_file,
-                    certfile=config.cert_file,
-                    keyfile=config.key_file,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise ConfigError(f"source {self.name}: TLS files unusable: {exc}") from exc
-        client.reconnect_delay_set(config.reconnect_min_delay_s, config.reconnect_max_delay_s)
-        client.max_inflight_messages_set(config.receive_maximum)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        return client
+        if not config.tls:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=config.ca_file)
+            if config.cert_file is not None:
+                context.load_cert_chain(config.cert_file, config.key_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"source {self.name}: TLS files unusable: {exc}") from exc
+        return context
 
-    def _on_connect(
-        self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any, _props: Any
-    ) -> None:
-        if reason.is_failure:
-            self._connect_error = str(reason)
-            self._connected.set()
-            return
+    async def _connect(self) -> MqttConnection:
+        config = self.config
+        connection = await MqttConnection.open(
+            self.host,
+            self.port,
+            client_id=self.client_id,
+            version=5 if config.protocol == "5" else 4,
+            clean_start=not config.persistent_session,
+            session_expiry_s=config.session_expiry_s if config.persistent_session else 0,
+            receive_maximum=config.receive_maximum,
+            keepalive_s=config.keepalive_s,
+            username=config.username,
+            password=config.password.get_secret_value() if config.password else None,
+            ssl_context=self._ssl,
+        )
+        try:
+            await connection.subscribe(list(config.topics), config.qos)
+        except BaseException:
+            await connection.close(disconnect=False)
+            raise
         self._generation += 1
-        qos: int = self.config.qos
-        if self.config.protocol == "5":
-            # Retained messages only for a new subscription, not again on every reconnection.
-            options = SubscribeOptions(
-                qos=qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
-            )
-            client.subscribe([(topic, options) for topic in self.config.topics])
-        else:
-            client.subscribe([(topic, qos) for topic in self.config.topics])
         log.info(
             "Connected to the broker.",
             extra={
                 "source": self.name,
-                "broker": self.config.broker,
-                "session_present": bool(getattr(flags, "session_present", False)),
+                "broker": config.broker,
+                "session_present": connection.session_present,
             },
         )
-        self._connect_error = None
-        self._connected.set()
-
-    def _on_disconnect(
-        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
-    ) -> None:
-        if not self._closing:
-            # Messages not yet acknowledged come again after the reconnection (the session
-            # keeps them); their old ids are not acknowledged on the new connection.
-            log.warning(
-                "Lost the broker; reconnecting.",
-                extra={"source": self.name, "reason": str(reason)},
-            )
-
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: Any) -> None:
-        item = _Message(self._generation, message.mid, message.qos, message.topic, message.payload)
-        with self._inbox_room:
-            while len(self._inbox) >= _MAX_INBOX and not self._closing:
-                self._inbox_room.wait(0.5)
-            self._inbox.append(item)
-            wake = not self._wake_pending
-            self._wake_pending = True
-        if wake and self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
-
-    # --- life cycle -----------------------------------------------------------------------------
+        return connection
 
     async def start(self) -> None:
         """Connect and subscribe; a broker that refuses or cannot be reached stops the agent."""
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        client = self._client = self._new_client()
-        properties = None
-        if self.config.protocol == "5":
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = (
-                self.config.session_expiry_s if self.config.persistent_session else 0
-            )
-            properties.ReceiveMaximum = self.config.receive_maximum
-        clean_start: bool | Literal[3] = (
-            not self.config.persistent_session
-            if self.config.protocol == "5"
-            else mqtt.MQTT_CLEAN_START_FIRST_ONLY
-        )
         try:
-            await self._loop.run_in_executor(
-                None,
-                lambda: client.connect(
-                    self.host,
-                    self.port,
-                    keepalive=self.config.keepalive_s,
-                    clean_start=clean_start,
-                    properties=properties,
-                ),
-            )
-        except (OSError, ValueError) as exc:
+            self._connection = await self._connect()
+        except ConnectRefusedError as exc:
             raise SourceError(
-                f"cannot connect to MQTT broker {self.config.broker}: {exc}", retriable=True
+                f"MQTT broker {self.config.broker} refused the connection: {exc}"
             ) from exc
-        client.loop_start()
-        connected = await self._loop.run_in_executor(None, self._connected.wait, _CONNECT_TIMEOUT_S)
-        if not connected or self._connect_error is not None:
-            self.close()
-            reason = self._connect_error or f"no answer within {_CONNECT_TIMEOUT_S:g} s"
-            raise SourceError(f"MQTT broker {self.config.broker} refused the connection: {reason}")
+        except (OSError, TimeoutError, MqttError) as exc:
+            raise SourceError(
+                f"cannot connect to MQTT broker {self.config.broker}: {exc or type(exc).__name__}",
+                retriable=True,
+            ) from exc
 
     async def run(self, ctx: SourceContext, stop: asyncio.Event) -> None:
-        """Hand every message to ``ctx`` until ``stop`` is set; acknowledge as they are safe."""
-        assert self._wake is not None, "start() first"
-        wake = self._wake
+        """Hand every message to ``ctx`` until ``stop`` is set, reconnecting with backoff."""
+        config = self.config
         acks = asyncio.create_task(self._ack_loop(ctx, stop), name=f"kingest-{self.name}-acks")
         stop_waiter = asyncio.create_task(stop.wait())
+        delay = float(config.reconnect_min_delay_s)
         try:
             while not stop.is_set():
-                waiter = asyncio.create_task(wake.wait())
-                await asyncio.wait({waiter, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                # Let a few more messages come: each wake-up of the loop costs more than one.
-                await asyncio.sleep(_COALESCE_S)
-                with self._inbox_room:
-                    self._wake_pending = False
-                wake.clear()
-                await self._drain(ctx)
+                connection = self._connection
+                if connection is None:
+                    try:
+                        connection = self._connection = await self._connect()
+                        delay = float(config.reconnect_min_delay_s)
+                    except ConnectRefusedError as exc:
+                        raise SourceError(
+                            f"MQTT broker {config.broker} refused the connection: {exc}"
+                        ) from exc
+                    except (OSError, TimeoutError, MqttError) as exc:
+                        log.warning(
+                            "Cannot reach the broker yet.",
+                            extra={"source": self.name, "error": str(exc), "retry_in_s": delay},
+                        )
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), delay)
+                        delay = min(delay * 2, float(config.reconnect_max_delay_s))
+                        continue
+                reader = asyncio.create_task(self._read(ctx, connection))
+                await asyncio.wait({reader, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if not reader.done():
+                    # Stopping: what the broker sends from now on stays unacknowledged in the
+                    # session (never unsubscribed) and comes again next time.
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+                    break
+                error = reader.exception()
+                if error is not None and not isinstance(error, MqttError | OSError):
+                    raise error
+                log.warning(
+                    "Lost the broker; reconnecting.",
+                    extra={"source": self.name, "error": str(error)},
+                )
+                await connection.close(disconnect=False)
+                self._connection = None
         finally:
             stop_waiter.cancel()
             acks.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await acks
-            # What is already here is sent; what the broker sends from now on stays
-            # unacknowledged in the session (never unsubscribed) and comes again next time.
-            await self._drain(ctx)
 
-    async def _drain(self, ctx: SourceContext) -> None:
-        """Turn every message waiting into a record (or a dead letter)."""
+    async def _read(self, ctx: SourceContext, connection: MqttConnection) -> None:
+        async for batch in connection.batches():
+            await self._take(ctx, batch)
+
+    async def _take(self, ctx: SourceContext, batch: list[Message]) -> None:
+        """Turn a batch of messages into records (or dead letters)."""
         producer = ctx.producer
         put_nowait = producer.put_nowait
         stats = ctx.stats
@@ -373,47 +304,41 @@ class MqttSource(Source):
         rules = self.config.rules
         flag = self.config.on_violation == "flag"
         keys = self.keys
-        inbox = self._inbox
-        while inbox:
-            with self._inbox_room:
-                batch = list(inbox)
-                inbox.clear()
-                self._inbox_room.notify_all()
-            ingested = datetime.now(UTC).isoformat(timespec="milliseconds")
-            stats.received += len(batch)
-            for message in batch:
-                self._sequence += 1
-                self._unacked.append((self._sequence, message.generation, message.mid, message.qos))
-                try:
-                    reading = reading_from_message(message.topic, message.payload, template)
-                except PayloadError as exc:
+        generation = self._generation
+        unacked = self._unacked
+        ingested = datetime.now(UTC).isoformat(timespec="milliseconds")
+        stats.received += len(batch)
+        for message in batch:
+            self._sequence += 1
+            unacked.append((self._sequence, generation, message.packet_id))
+            try:
+                reading = reading_from_message(message.topic, message.payload, template)
+            except PayloadError as exc:
+                ctx.reject(
+                    message.payload, DlqReason.INVALID_INPUT, f"topic {message.topic}: {exc}"
+                )
+                continue
+            problems = check_reading(reading, rules) if rules else []
+            if problems:
+                if not flag:
                     ctx.reject(
-                        message.payload,
-                        DlqReason.INVALID_INPUT,
-                        f"topic {message.topic}: {exc}",
+                        reading,
+                        DlqReason.INVALID_RECORD,
+                        f"topic {message.topic}: breaks the {reading.get('device_type')} "
+                        f"rule: {'; '.join(problems)}",
                     )
                     continue
-                problems = check_reading(reading, rules) if rules else []
-                if problems:
-                    if not flag:
-                        ctx.reject(
-                            reading,
-                            DlqReason.INVALID_RECORD,
-                            f"topic {message.topic}: breaks the {reading.get('device_type')} "
-                            f"rule: {'; '.join(problems)}",
-                        )
-                        continue
-                    reading["quality_violations"] = problems
-                stats.parsed += 1
-                reading["source"] = name
-                reading["ingestion_timestamp"] = ingested
-                try:
-                    key: str | None = key_with_fallback(keys, reading)
-                except KeyError:
-                    key = None
-                if put_nowait(reading, key, None, name) is None:
-                    await producer.put(reading, key, None, name)
-            ctx.acks.add(_LANE, self._sequence, producer.mark())
+                reading["quality_violations"] = problems
+            stats.parsed += 1
+            reading["source"] = name
+            reading["ingestion_timestamp"] = ingested
+            try:
+                key: str | None = key_with_fallback(keys, reading)
+            except KeyError:
+                key = None
+            if put_nowait(reading, key, None, name) is None:
+                await producer.put(reading, key, None, name)
+        ctx.acks.add(_LANE, self._sequence, producer.mark())
 
     async def _ack_loop(self, ctx: SourceContext, stop: asyncio.Event) -> None:
         """Acknowledge delivered messages promptly, not at the agent's commit interval: the
@@ -429,26 +354,24 @@ class MqttSource(Source):
     def commit(self, positions: Mapping[str, Any]) -> None:
         """Send the PUBACKs of every message up to the committable one, in arrival order."""
         upto = positions.get(_LANE)
-        client = self._client
-        if upto is None or client is None:
+        if upto is None:
             return
+        connection = self._connection
         generation = self._generation
         unacked = self._unacked
+        packet_ids = []
         while unacked and unacked[0][0] <= upto:
-            _, message_generation, mid, qos = unacked.popleft()
-            if qos == 1 and message_generation == generation:
-                client.ack(mid, qos)
+            _, message_generation, packet_id = unacked.popleft()
+            if packet_id is not None and message_generation == generation:
+                packet_ids.append(packet_id)
+        if connection is not None:
+            connection.acknowledge(packet_ids)
 
     def close(self) -> None:
-        """Disconnect (after the last acknowledgements) and stop the network thread."""
-        self._closing = True
-        with self._inbox_room:
-            self._inbox_room.notify_all()
-        client = self._client
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.disconnect()
-            client.loop_stop()
+        """Disconnect, after the last acknowledgements."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close_now()
 
     def status(self) -> dict[str, Any]:
         """The broker, the connection count and the messages not yet acknowledged."""
