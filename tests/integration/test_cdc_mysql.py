@@ -7,11 +7,9 @@ it put it back.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import random
 import sqlite3
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +19,10 @@ import orjson
 import pytest
 
 from kingest.agent.config import AgentConfig
-from kingest.agent.runner import Agent, SourceFailedError
+from kingest.agent.runner import SourceFailedError
 from kingest.checkpoint import CheckpointStore
 from kingest.sources.cdc.mysql.position import BinlogPosition
+from tests.agents import InProcessAgent as SharedInProcessAgent
 from tests.helpers import dlq_entries, read_stream, wait_until
 from tests.servers import unique_name
 
@@ -83,16 +82,11 @@ def row_metadata(request: pytest.FixtureRequest, mysql_conn: Any) -> Iterator[st
             cursor.execute(f"SET GLOBAL binlog_row_metadata = {before}")
 
 
-class InProcessAgent:
-    """An agent on its own event loop in a thread, stopped like SIGTERM would."""
+class InProcessAgent(SharedInProcessAgent):
+    """The suite's in-process agent, handed over once its source reads the binlog."""
 
     def __init__(self, config: AgentConfig, endpoint_url: str) -> None:
-        self.agent = Agent(config, endpoint_url=endpoint_url)
-        self.loop = asyncio.new_event_loop()
-        self.error: BaseException | None = None
-        self._stop: asyncio.Event | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(config, endpoint_url)
         wait_until(lambda: self.reading or self.error is not None, 30, "the source to read")
         if self.error is not None:
             raise self.error
@@ -104,26 +98,6 @@ class InProcessAgent:
 
     def status(self) -> dict[str, Any]:
         return self.agent.sources[0][0].status()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._stop = asyncio.Event()
-            await self.agent.run(self._stop)
-
-        try:
-            self.loop.run_until_complete(main())
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.loop.close()
-
-    def stop(self) -> None:
-        if self.thread.is_alive() and self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "the agent did not stop"
-        if self.error is not None:
-            raise self.error
 
 
 def agent_config(stream: str, tmp_path: Path, **fields: Any) -> AgentConfig:

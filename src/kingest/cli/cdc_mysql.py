@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kingest.cli.common import (
-    add_aws_arguments,
-    add_producer_arguments,
-    positive_float,
-    single_source_agent,
-)
+from kingest.cli.common import add_agent_arguments, positive_float, single_source_agent
 from kingest.cli.run import run_agent
 
 
@@ -87,15 +82,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="server heartbeat period when the binlog is idle (default: 5)",
     )
-    parser.add_argument("--source", default="mysql_cdc", help="source name (default: mysql_cdc)")
-    parser.add_argument(
-        "--checkpoint",
-        default="kingest-checkpoints.db",
-        metavar="PATH",
-        help="checkpoint file (default: kingest-checkpoints.db in the working directory)",
-    )
-    add_aws_arguments(parser)
-    add_producer_arguments(parser)
+    add_agent_arguments(parser, "mysql_cdc")
     parser.set_defaults(handler=run)
     return parser
 

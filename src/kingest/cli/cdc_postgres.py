@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kingest.cli.common import add_aws_arguments, add_producer_arguments, single_source_agent
+from kingest.cli.common import add_agent_arguments, single_source_agent
 from kingest.cli.run import run_agent
 
 
@@ -48,17 +48,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="when the slot this source used was dropped, create a new one (accepting the gap)",
     )
-    parser.add_argument(
-        "--source", default="postgres_cdc", help="source name (default: postgres_cdc)"
-    )
-    parser.add_argument(
-        "--checkpoint",
-        default="kingest-checkpoints.db",
-        metavar="PATH",
-        help="checkpoint file (default: kingest-checkpoints.db in the working directory)",
-    )
-    add_aws_arguments(parser)
-    add_producer_arguments(parser)
+    add_agent_arguments(parser, "postgres_cdc")
     parser.set_defaults(handler=run)
     return parser
 

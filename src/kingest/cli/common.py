@@ -25,6 +25,29 @@ def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--profile", help="named profile of the AWS configuration files")
 
 
+def add_agent_arguments(
+    parser: argparse.ArgumentParser, source: str, checkpoint_help: str | None = None
+) -> None:
+    """Add what every shortcut of an agent source takes: --source, --checkpoint, the AWS
+    arguments and the producer settings.
+
+    Args:
+        parser: the command's parser.
+        source: the default source name.
+        checkpoint_help: what the checkpoint file holds for this source, when not positions.
+    """
+    parser.add_argument("--source", default=source, help=f"source name (default: {source})")
+    parser.add_argument(
+        "--checkpoint",
+        default="kingest-checkpoints.db",
+        metavar="PATH",
+        help=checkpoint_help
+        or "checkpoint file (default: kingest-checkpoints.db in the working directory)",
+    )
+    add_aws_arguments(parser)
+    add_producer_arguments(parser)
+
+
 def add_producer_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the producer settings a command-line user may want to change."""
     group = parser.add_argument_group("producer")

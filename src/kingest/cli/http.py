@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kingest.cli.common import add_aws_arguments, add_producer_arguments, single_source_agent
+from kingest.cli.common import add_agent_arguments, single_source_agent
 from kingest.cli.run import run_agent
 
 
@@ -44,15 +44,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--partition-key", metavar="TEMPLATE", help="e.g. '{user_id}' (default: event digest)"
     )
-    parser.add_argument("--source", default="app_events", help="source name (default: app_events)")
-    parser.add_argument(
-        "--checkpoint",
-        default="kingest-checkpoints.db",
-        metavar="PATH",
-        help="checkpoint file of the agent (this source has no position of its own)",
+    add_agent_arguments(
+        parser, "app_events", "checkpoint file of the agent (this source has no position)"
     )
-    add_aws_arguments(parser)
-    add_producer_arguments(parser)
     parser.set_defaults(handler=run)
     return parser
 

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kingest.cli.common import add_aws_arguments, add_producer_arguments, single_source_agent
+from kingest.cli.common import add_agent_arguments, single_source_agent
 from kingest.cli.run import run_agent
 from kingest.errors import ConfigError
 
@@ -53,17 +53,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--partition-key", default="{device_id}", metavar="TEMPLATE", help="default: {device_id}"
     )
-    parser.add_argument(
-        "--source", default="iot_sensors", help="source name (default: iot_sensors)"
+    add_agent_arguments(
+        parser,
+        "iot_sensors",
+        "checkpoint file of the agent (the broker's session holds this source's position)",
     )
-    parser.add_argument(
-        "--checkpoint",
-        default="kingest-checkpoints.db",
-        metavar="PATH",
-        help="checkpoint file of the agent (the broker's session holds this source's position)",
-    )
-    add_aws_arguments(parser)
-    add_producer_arguments(parser)
     parser.set_defaults(handler=run)
     return parser
 

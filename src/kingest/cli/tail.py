@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kingest.cli.common import add_producer_arguments, single_source_agent
+from kingest.cli.common import add_agent_arguments, single_source_agent
 from kingest.cli.run import run_agent
 
 
@@ -43,24 +43,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="where to start a file that has no checkpoint (default: end)",
     )
     parser.add_argument(
-        "--checkpoint",
-        default="kingest-checkpoints.db",
-        metavar="PATH",
-        help="checkpoint file (default: kingest-checkpoints.db in the working directory)",
-    )
-    parser.add_argument("--source", default="web_logs", help="source name (default: web_logs)")
-    parser.add_argument(
         "--partition-key",
         metavar="TEMPLATE",
         help="partition key template, e.g. '{session_id}' (default: the client address)",
     )
-    parser.add_argument(
-        "--endpoint-url",
-        help="Kinesis endpoint (default: AWS_ENDPOINT_URL_KINESIS, then the region's endpoint)",
-    )
-    parser.add_argument("--region", help="AWS region (default: AWS_REGION / profile)")
-    parser.add_argument("--profile", help="named profile of the AWS configuration files")
-    add_producer_arguments(parser)
+    add_agent_arguments(parser, "web_logs")
     parser.set_defaults(handler=run)
     return parser
 
