@@ -55,7 +55,7 @@ def test_demo_json_on_an_existing_stream(
     stream = stream_factory(shards=2)
     done = demo("--endpoint-url", endpoint_url, "--stream", stream, "--duration", "2",
                 "--rate", "200", "--json")  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     report: dict[str, Any] = orjson.loads(done.stdout)
     assert report["ok"] and report["lost"] == 0
     assert all(row["sent"] == row["read_back"] > 0 for row in report["sources"].values())
@@ -68,7 +68,7 @@ def test_without_postgres_the_changes_are_simulated_and_said_so(
     unreachable = "postgresql://postgres@127.0.0.1:1/x"
     done = demo("--endpoint-url", endpoint_url, "--stream", stream, "--duration", "2",
                 "--rate", "200", "--json", "--postgres", unreachable)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     report = orjson.loads(done.stdout)
     cdc = report["sources"]["database_cdc"]
     assert cdc["input"].startswith("simulated: PostgreSQL not reachable")

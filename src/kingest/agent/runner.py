@@ -44,6 +44,8 @@ class Agent:
         self.producers: dict[str, AsyncProducer] = {}
         self._store: CheckpointStore | None = None
         self._dlq: DeadLetterQueue | None = None
+        # Set once every source has started (a slot created, a port bound, a broker joined).
+        self.started = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set (or a source fails), then shut down cleanly.
@@ -57,6 +59,7 @@ class Agent:
         self._dlq = DeadLetterQueue(config.producer.dlq_dir)
         try:
             await self._start()
+            self.started.set()
             failure = await self._run_sources(stop)
         finally:
             await self._shutdown()

@@ -373,18 +373,22 @@ def _running(inputs: DemoInputs) -> list[str]:
 
 
 async def _started(agent: Agent, task: asyncio.Task[None]) -> int:
-    """Wait for every source to start; the HTTP source's port."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if task.done():
-            task.result()  # raises what stopped the agent
-            raise RuntimeError("the agent stopped before it started")
-        for source, _ in agent.sources:
-            port = getattr(source, "bound_port", None)
-            if port is not None and len(agent.sources) == len(agent.config.sources):
-                return int(port)
-        await asyncio.sleep(0.05)
-    raise TimeoutError("the agent's sources did not start within 60 s")
+    """Wait until every source has started (the capture's slot exists before the first write);
+    the HTTP source's port."""
+    ready = asyncio.create_task(agent.started.wait())
+    done, _ = await asyncio.wait({ready, task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        ready.cancel()
+        task.result()  # raises what stopped the agent
+        raise RuntimeError("the agent stopped before it started")
+    if ready not in done:
+        ready.cancel()
+        raise TimeoutError("the agent's sources did not start within 60 s")
+    for source, _ in agent.sources:
+        port = getattr(source, "bound_port", None)
+        if port is not None:
+            return int(port)
+    raise RuntimeError("the HTTP source has no port")
 
 
 def _caught_up(agent: Agent, produced: dict[str, int]) -> bool:
