@@ -1,4 +1,4 @@
-"""Micro-benchmark of kingest.producer.aggregate: ns per add() and per encode().
+"""Micro-benchmark of kingest.producer.aggregate: ns per add(), per fill() and per encode().
 
 Workload: 300-byte records, partition keys drawn at random from 5,000 distinct keys (no
 explicit hash keys), packed into aggregates of at most 1 MiB (about 3,300 records each).
@@ -12,6 +12,7 @@ import argparse
 import os
 import random
 import time
+from collections import deque
 
 from kingest.producer.aggregate import Aggregator
 from kingest.producer.deaggregate import deaggregate
@@ -99,6 +100,28 @@ def bench_add_if_fits(records: list[tuple[str, None, bytes]]) -> float:
     return (time.perf_counter_ns() - t0) / len(records)
 
 
+class _Queued:
+    """A queued record as the producer holds it: the attributes fill() reads."""
+
+    __slots__ = ("data", "explicit_hash_key", "partition_key")
+
+    def __init__(self, partition_key: str, explicit_hash_key: None, data: bytes) -> None:
+        self.partition_key = partition_key
+        self.explicit_hash_key = explicit_hash_key
+        self.data = data
+
+
+def bench_fill(records: list[tuple[str, None, bytes]]) -> float:
+    """ns per record for the producer's own fill loop: fill() from a queue of records."""
+    queue = deque(_Queued(*record) for record in records)
+    agg = Aggregator()
+    t0 = time.perf_counter_ns()
+    while queue:
+        agg.clear()
+        agg.fill(queue, [], MAX_AGGREGATE)
+    return (time.perf_counter_ns() - t0) / len(records)
+
+
 def bench_deaggregate(batches: list[list[tuple[str, None, bytes]]]) -> float:
     """ns per user record to deaggregate the aggregates."""
     blobs = []
@@ -130,18 +153,20 @@ def main() -> None:
         f"best of {args.repeats}"
     )
     add_ns, encode_ns = float("inf"), float("inf")
-    checked_ns = fits_ns = deagg_ns = float("inf")
+    checked_ns = fits_ns = fill_ns = deagg_ns = float("inf")
     total = 0
     for _ in range(args.repeats):
         a, e, total = bench_add(batches)
         add_ns, encode_ns = min(add_ns, a), min(encode_ns, e)
         checked_ns = min(checked_ns, bench_checked_add(records))
         fits_ns = min(fits_ns, bench_add_if_fits(records))
+        fill_ns = min(fill_ns, bench_fill(records))
         deagg_ns = min(deagg_ns, bench_deaggregate(batches))
     avg_size = total / len(batches)
     print(f"add()                        {add_ns:8.0f} ns/record  ({1e9 / add_ns:,.0f} records/s)")
     print(f"size_if_added() + add()      {checked_ns:8.0f} ns/record")
     print(f"add_if_fits()                {fits_ns:8.0f} ns/record")
+    print(f"fill()                       {fill_ns:8.0f} ns/record")
     print(
         f"encode()                     {encode_ns / 1e3:8.0f} µs/aggregate of {avg_size:,.0f} B"
         f"  ({encode_ns / per_agg:.0f} ns/record, {avg_size / encode_ns * 1e3:,.0f} MB/s)"

@@ -46,6 +46,14 @@ class KeyTemplate:
                 self.template = _PLACEHOLDER.sub(lambda _: f"{{{next(numbered)}}}", template)
 
     @property
+    def single_field(self) -> str | None:
+        """The one top-level field whose str value is the key, when the template is just that.
+
+        A caller may read that field itself and call :meth:`key` only when it is not a str.
+        """
+        return self._single
+
+    @property
     def needs_fields(self) -> bool:
         """True when the key depends on the record's content."""
         return bool(self.paths)

@@ -29,11 +29,16 @@ def hash_key_of(partition_key: str) -> int:
     """The 128-bit hash Kinesis computes for a partition key."""
     hash_key = _hash_cache.get(partition_key)
     if hash_key is None:
-        hash_key = int.from_bytes(_md5(partition_key.encode()).digest(), "big")
+        hash_key = computed_hash_key(partition_key)
         if len(_hash_cache) >= _HASH_CACHE_MAX:
             _hash_cache.clear()
         _hash_cache[partition_key] = hash_key
     return hash_key
+
+
+def computed_hash_key(partition_key: str) -> int:
+    """:func:`hash_key_of` without its cache, for a caller keeping its own."""
+    return int.from_bytes(_md5(partition_key.encode()).digest(), "big")
 
 
 def default_partition_key(data: bytes) -> str:

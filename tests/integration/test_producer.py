@@ -504,6 +504,90 @@ def test_callbacks_run_once_per_record(
     assert all(r.delivered for r in seen)
 
 
+@pytest.mark.parametrize("shards", [1, 4])
+def test_put_many_nowait_delivers_in_order_and_marks_follow(
+    endpoint_url: str, stream_factory: Any, tmp_path: Path, shards: int
+) -> None:
+    """The batch path: records taken in order, the odd ones among them too, a mark for all."""
+    stream = stream_factory(shards=shards)
+    run_id = uuid.uuid4().hex
+    n = 700
+    payloads: list[Any] = [make_payload(run_id, i, pad="y" * 30) for i in range(n)]
+    keys: list[str | None] = [f"k{i % 37}" for i in range(n)]
+    keys[5] = None  # keyed by a digest of the data
+    keys[9] = ""  # not a usable key: dead-lettered, yet taken
+    payloads[11] = orjson.dumps(payloads[11])  # bytes, as they are
+
+    async def go() -> tuple[int, bool, dict[str, Any]]:
+        producer = AsyncProducer(
+            stream, endpoint_url=endpoint_url, dlq_dir=str(tmp_path / "dlq"), **FAST
+        )
+        await producer.start()
+        try:
+            taken = producer.put_many_nowait(list(zip(payloads, keys, strict=True)), "batch")
+            mark = producer.mark()
+            await asyncio.wait_for(producer.flush(), 20)
+            return taken, mark.done(), producer.stats()
+        finally:
+            await producer.close(timeout=15)
+
+    taken, marked, stats = asyncio.run(go())
+    assert taken == n
+    assert marked
+    assert stats["by_source"]["batch"]["sent"] == n - 1
+    assert stats["by_source"]["batch"]["failed"] == 1
+    records = read_stream(endpoint_url, stream)
+    read_ids = ids_read(records)
+    assert sorted(read_ids) == sorted(f"{run_id}-{i}" for i in range(n) if i != 9)
+    assert not misplaced(records, list_shards(endpoint_url, stream))
+    for key in {k for k in keys if k}:
+        seen = [
+            int(r.data.split(b'"i":')[1].split(b",")[0]) for r in records if r.partition_key == key
+        ]
+        assert seen == sorted(seen)
+
+
+def test_put_many_nowait_takes_what_fits_then_waits(
+    endpoint_url: str, stream_factory: Any, tmp_path: Path
+) -> None:
+    """With a full buffer it takes a prefix; put() waits for room; nothing is lost."""
+    stream = stream_factory(shards=1)
+    run_id = uuid.uuid4().hex
+    n = 200
+    payloads = [make_payload(run_id, i) for i in range(n)]
+    keys = [f"k{i % 7}" for i in range(n)]
+
+    async def go() -> tuple[int, dict[str, Any]]:
+        producer = AsyncProducer(
+            stream,
+            endpoint_url=endpoint_url,
+            dlq_dir=str(tmp_path / "dlq"),
+            max_buffer_records=50,
+            **FAST,
+        )
+        await producer.start()
+        try:
+            records = list(zip(payloads, keys, strict=True))
+            first = producer.put_many_nowait(records, "batch")
+            taken = first
+            while taken < n:
+                await producer.put(payloads[taken], keys[taken], None, "batch")
+                taken += 1
+                taken += producer.put_many_nowait(records[taken:], "batch")
+            await asyncio.wait_for(producer.flush(), 20)
+            return first, producer.stats()
+        finally:
+            await producer.close(timeout=15)
+
+    first, stats = asyncio.run(go())
+    assert first == 50
+    assert stats["total_sent"] == n
+    assert stats["total_failed"] == 0
+    assert sorted(ids_read(read_stream(endpoint_url, stream))) == sorted(
+        f"{run_id}-{i}" for i in range(n)
+    )
+
+
 # ------------------------------------------------------------------------ resharding
 
 

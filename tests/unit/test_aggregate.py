@@ -667,3 +667,39 @@ def test_fill_takes_what_add_if_fits_takes(records: list[Rec], max_size: int) ->
     assert len(queue) == len(records) - count
     assert aggregator.encode() == expected.encode()
     assert aggregator.size == expected.size
+
+
+@pytest.mark.parametrize(
+    ("sizes", "keys"),
+    [
+        ([20_000, 5, 70_000, 300], 4),  # lengths past the memoized prefixes
+        ([3] * 20_000, 20_000),  # key indexes past the memoized index fields
+        ([1, 200, 2000, 5000], 2),  # the prefix table grown several times on the way
+    ],
+)
+def test_fill_matches_add_if_fits_past_its_tables(sizes: list[int], keys: int) -> None:
+    records = [(f"key-{i % keys}", None, bytes([i % 256]) * size) for i, size in enumerate(sizes)]
+    for max_size in (1 << 20, 60_000):
+        expected = Aggregator()
+        count = 0
+        for partition_key, explicit_hash_key, data in records:
+            if not expected.add_if_fits(partition_key, explicit_hash_key, data, max_size):
+                break
+            count += 1
+        queue = deque(_Queued(*record) for record in records)
+        taken: list[_Queued] = []
+        aggregator = Aggregator()
+        aggregator.fill(queue, taken, max_size)
+        assert len(taken) == count
+        assert len(queue) == len(records) - count
+        assert aggregator.encode() == expected.encode()
+
+
+def test_fill_takes_the_records_before_a_refused_key() -> None:
+    queue = deque(_Queued(key, None, b"x") for key in ["a", "b", b"bytes", "c"])  # type: ignore[arg-type]
+    taken: list[_Queued] = []
+    aggregator = Aggregator()
+    with pytest.raises(TypeError):
+        aggregator.fill(queue, taken, 1 << 20)
+    assert [record.partition_key for record in taken] == ["a", "b"]
+    assert len(queue) == 2 and len(aggregator) == 2

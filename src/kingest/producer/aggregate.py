@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any, Final
 
 __all__ = [
@@ -77,10 +78,11 @@ def _varint_size(value: int) -> int:
 # Both length-delimited fields written per record (AggregatedRecord.records and Record.data) are
 # field 3, so one "tag 0x1A + varint length" prefix serves both. Building a bytes object from
 # parts costs several times a list lookup, so prefixes for lengths below 2**14 (every record up
-# to 16 KiB) and partition key index fields are memoized lazily in fixed tables.
+# to 16 KiB) and partition key index fields are memoized in tables that grow on demand: the fill
+# loop indexes them directly and takes the general path on the rare IndexError.
 _CACHE_SIZE: Final = 1 << 14
-_len_prefix_cache: list[bytes | None] = [None] * _CACHE_SIZE
-_pk_index_cache: list[bytes | None] = [None] * _CACHE_SIZE
+_len_prefix_cache: list[bytes] = []
+_pk_index_cache: list[bytes] = []
 
 # How many encoded partition key table entries an Aggregator keeps across clear(). The same keys
 # recur from one aggregate to the next, and most keys of a typical aggregate are new to it (with
@@ -88,20 +90,26 @@ _pk_index_cache: list[bytes | None] = [None] * _CACHE_SIZE
 _KEY_CACHE_LIMIT: Final = 1 << 14
 
 
+def _grow(table: list[bytes], tag: int, value: int) -> bytes:
+    """``tag`` and ``value`` as a varint, from ``table`` (grown to hold it when it is small)."""
+    if value < len(table):
+        return table[value]
+    if value >= _CACHE_SIZE:
+        return bytes((tag,)) + _encode_varint(value)
+    # Powers of two: a table grows a few times, up to the largest value in use.
+    end = min(max(64, 1 << value.bit_length()), _CACHE_SIZE)
+    table.extend(bytes((tag,)) + _encode_varint(n) for n in range(len(table), end))
+    return table[value]
+
+
 def _len_prefix(length: int) -> bytes:
     """Tag 0x1A followed by ``length`` as a varint (memoized for small lengths)."""
-    prefix = bytes((_TAG_RECORDS,)) + _encode_varint(length)
-    if length < _CACHE_SIZE:
-        _len_prefix_cache[length] = prefix
-    return prefix
+    return _grow(_len_prefix_cache, _TAG_RECORDS, length)
 
 
 def _pk_index_field(index: int) -> bytes:
     """Record.partition_key_index with value ``index``, encoded (memoized for small indexes)."""
-    field = bytes((_TAG_PK_INDEX,)) + _encode_varint(index)
-    if index < _CACHE_SIZE:
-        _pk_index_cache[index] = field
-    return field
+    return _grow(_pk_index_cache, _TAG_PK_INDEX, index)
 
 
 def _table_entry(tag: int, key: object, what: str) -> bytes:
@@ -239,11 +247,10 @@ class Aggregator:
                 # Inlined rather than a helper call: most keys of an aggregate are new to it.
                 pk_entry = self._pk_entry_cache.get(partition_key) or self._pk_entry(partition_key)
                 index = len(self._pk_fields)
-                pk_field = (
-                    (_pk_index_cache[index] or _pk_index_field(index))
-                    if index < _CACHE_SIZE
-                    else _pk_index_field(index)
-                )
+                try:
+                    pk_field = _pk_index_cache[index]
+                except IndexError:
+                    pk_field = _pk_index_field(index)
                 self._pk_fields[partition_key] = pk_field
                 self._pk_chunks.append(pk_entry)
                 self._body_size += len(pk_entry)
@@ -254,15 +261,15 @@ class Aggregator:
             # Rare enough to pay a concatenation, which keeps every record at four chunks.
             pk_field += ehk_field
         n = len(data)
-        data_prefix = (
-            (_len_prefix_cache[n] or _len_prefix(n)) if n < _CACHE_SIZE else _len_prefix(n)
-        )
+        try:
+            data_prefix = _len_prefix_cache[n]
+        except IndexError:
+            data_prefix = _len_prefix(n)
         inner = len(pk_field) + len(data_prefix) + n
-        record_prefix = (
-            (_len_prefix_cache[inner] or _len_prefix(inner))
-            if inner < _CACHE_SIZE
-            else _len_prefix(inner)
-        )
+        try:
+            record_prefix = _len_prefix_cache[inner]
+        except IndexError:
+            record_prefix = _len_prefix(inner)
         self._extend((record_prefix, pk_field, data_prefix, data))
         self._body_size += len(record_prefix) + inner
 
@@ -297,11 +304,10 @@ class Aggregator:
                 # gets its own fast path: stage the entry and commit it only if the record fits.
                 pk_entry = self._pk_entry_cache.get(partition_key) or self._pk_entry(partition_key)
                 index = len(self._pk_fields)
-                pk_field = (
-                    (_pk_index_cache[index] or _pk_index_field(index))
-                    if index < _CACHE_SIZE
-                    else _pk_index_field(index)
-                )
+                try:
+                    pk_field = _pk_index_cache[index]
+                except IndexError:
+                    pk_field = _pk_index_field(index)
         else:
             ehk_field = self._ehk_fields.get(explicit_hash_key)
             if pk_field is None or ehk_field is None:
@@ -312,15 +318,15 @@ class Aggregator:
                 return True
             pk_field += ehk_field
         n = len(data)
-        data_prefix = (
-            (_len_prefix_cache[n] or _len_prefix(n)) if n < _CACHE_SIZE else _len_prefix(n)
-        )
+        try:
+            data_prefix = _len_prefix_cache[n]
+        except IndexError:
+            data_prefix = _len_prefix(n)
         inner = len(pk_field) + len(data_prefix) + n
-        record_prefix = (
-            (_len_prefix_cache[inner] or _len_prefix(inner))
-            if inner < _CACHE_SIZE
-            else _len_prefix(inner)
-        )
+        try:
+            record_prefix = _len_prefix_cache[inner]
+        except IndexError:
+            record_prefix = _len_prefix(inner)
         added = len(record_prefix) + inner
         if pk_entry is not None:
             added += len(pk_entry)
@@ -337,7 +343,8 @@ class Aggregator:
         """Move records from the head of ``queue`` into the aggregate while they fit.
 
         The producer's fill loop in one call: :meth:`add_if_fits` for each record, with the
-        per-call work (attribute and method lookups) done once per aggregate instead.
+        per-call work (attribute and method lookups, popping each record) done once per
+        aggregate instead.
 
         Args:
             queue: records with ``partition_key``, ``explicit_hash_key`` and ``data``
@@ -348,67 +355,72 @@ class Aggregator:
         Returns:
             True when it stopped at a record that did not fit (it stays in ``queue``); False
             when ``queue`` ran empty.
+
+        Raises:
+            TypeError, UnicodeEncodeError: as :meth:`add_if_fits`; the records before the one
+                refused are added and taken.
         """
         pk_fields = self._pk_fields
         entry_cache = self._pk_entry_cache
         add_pk_chunk = self._pk_chunks.append
         extend = self._extend
-        popleft = queue.popleft
-        take = taken.append
-        len_prefixes = _len_prefix_cache
+        prefixes = _len_prefix_cache
         index_fields = _pk_index_cache
         budget = max_size - AGGREGATION_OVERHEAD
         body = self._body_size
-        while queue:
-            record = queue[0]
-            data = record.data
-            key = record.partition_key
-            if record.explicit_hash_key is not None or type(data) is not bytes:
-                self._body_size = body  # the rare kinds take the general path
+        stopped = False
+        count = 0
+        try:
+            # Iterated, not popped one by one: the records added leave the queue at the end.
+            for count, record in enumerate(queue):  # noqa: B007 - count is read after the loop
+                data = record.data
+                key = record.partition_key
+                if record.explicit_hash_key is None and type(data) is bytes:
+                    n = len(data)
+                    pk_field = pk_fields.get(key)
+                    try:
+                        data_prefix = prefixes[n]
+                        if pk_field is None:
+                            # A new key is the common case (most keys of an aggregate are new
+                            # to it): stage the entry and commit it only if the record fits.
+                            pk_entry = entry_cache.get(key) or self._pk_entry(key)
+                            pk_field = index_fields[len(pk_fields)]
+                            inner = len(pk_field) + len(data_prefix) + n
+                            record_prefix = prefixes[inner]
+                            added = len(record_prefix) + inner + len(pk_entry)
+                            if body + added > budget:
+                                stopped = True
+                                break
+                            pk_fields[key] = pk_field
+                            add_pk_chunk(pk_entry)
+                        else:
+                            inner = len(pk_field) + len(data_prefix) + n
+                            record_prefix = prefixes[inner]
+                            added = len(record_prefix) + inner
+                            if body + added > budget:
+                                stopped = True
+                                break
+                        extend((record_prefix, pk_field, data_prefix, data))
+                        body += added
+                        continue
+                    except IndexError:
+                        pass  # a length or index past the tables: the general path grows them
+                # The rare kinds (an explicit hash key, data that is not bytes) too.
+                self._body_size = body
                 if not self.add_if_fits(key, record.explicit_hash_key, data, max_size):
-                    return True
+                    stopped = True
+                    break
                 body = self._body_size
-                take(popleft())
-                continue
-            n = len(data)
-            data_prefix = (len_prefixes[n] or _len_prefix(n)) if n < _CACHE_SIZE else _len_prefix(n)
-            pk_field = pk_fields.get(key)
-            if pk_field is None:
-                pk_entry = entry_cache.get(key) or self._pk_entry(key)
-                index = len(pk_fields)
-                pk_field = (
-                    (index_fields[index] or _pk_index_field(index))
-                    if index < _CACHE_SIZE
-                    else _pk_index_field(index)
-                )
-                inner = len(pk_field) + len(data_prefix) + n
-                record_prefix = (
-                    (len_prefixes[inner] or _len_prefix(inner))
-                    if inner < _CACHE_SIZE
-                    else _len_prefix(inner)
-                )
-                added = len(record_prefix) + inner + len(pk_entry)
-                if body + added > budget:
-                    self._body_size = body
-                    return True
-                pk_fields[key] = pk_field
-                add_pk_chunk(pk_entry)
             else:
-                inner = len(pk_field) + len(data_prefix) + n
-                record_prefix = (
-                    (len_prefixes[inner] or _len_prefix(inner))
-                    if inner < _CACHE_SIZE
-                    else _len_prefix(inner)
-                )
-                added = len(record_prefix) + inner
-                if body + added > budget:
-                    self._body_size = body
-                    return True
-            extend((record_prefix, pk_field, data_prefix, data))
-            body += added
-            take(popleft())
-        self._body_size = body
-        return False
+                count = len(queue)
+        finally:
+            self._body_size = body
+            if count == len(queue):
+                taken += queue
+                queue.clear()
+            elif count:
+                taken += islice(iter(queue.popleft, None), count)
+        return stopped
 
     def _pk_entry(self, partition_key: str) -> bytes:
         """The partition key's encoded table entry, from the cache or freshly encoded."""

@@ -72,7 +72,8 @@ class Pending(RecordFuture):
         self.attempts = 0
         # (first, last) time a request carrying it failed; None until one does.
         self.attempt_times: tuple[float, float] | None = None
-        # True while the record holds room in the producer's buffer; such a record also gets
+        # True once the record took room in the producer's buffer (it was admitted); it gives
+        # the room back when it is done, its one change from pending. Such a record also gets
         # a flush generation when it is drained into a shard queue.
         self.held = held
         self.generation = 0
@@ -92,6 +93,7 @@ class KinesisEntry:
         "aggregated",
         "data",
         "explicit_hash_key",
+        "in_order",
         "partition_key",
         "records",
         "shard_id",
@@ -109,6 +111,7 @@ class KinesisEntry:
         aggregated: bool,
         source: str | None = None,
         user_bytes: int = 0,
+        in_order: bool = False,
     ) -> None:
         self.data = data
         self.partition_key = partition_key
@@ -121,6 +124,8 @@ class KinesisEntry:
         self.source = source
         # Sum of the carried records' sizes, meaningful when ``source`` is set.
         self.user_bytes = user_bytes
+        # The records are in the order they were admitted (see Outcomes.deliver).
+        self.in_order = in_order
 
     @property
     def size(self) -> int:
@@ -139,6 +144,7 @@ class KinesisEntry:
             aggregated=False,
             source=record.source,
             user_bytes=record.size,
+            in_order=True,
         )
 
     @classmethod
@@ -149,12 +155,13 @@ class KinesisEntry:
         shard_id: str,
         source: str | None = None,
         user_bytes: int = 0,
+        in_order: bool = False,
     ) -> KinesisEntry:
         """An entry carrying ``records`` (already added to ``aggregator``) as one KPL record.
 
         The Kinesis record takes the first record's partition key, and its explicit hash key
         when it has one, so it lands on the shard every record in it was grouped for.
-        ``source`` and ``user_bytes`` are as in :class:`KinesisEntry`.
+        ``source``, ``user_bytes`` and ``in_order`` are as in :class:`KinesisEntry`.
         """
         first = records[0]
         return cls(
@@ -166,6 +173,7 @@ class KinesisEntry:
             aggregated=True,
             source=source,
             user_bytes=user_bytes,
+            in_order=in_order,
         )
 
 

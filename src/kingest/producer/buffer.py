@@ -50,6 +50,12 @@ class BufferGate:
         if record is not None:
             self.inbound.append(record)
 
+    def take_inbound(self) -> deque[Any]:
+        """Take every record admitted so far, leaving :attr:`inbound` empty."""
+        with self.lock:
+            taken, self.inbound = self.inbound, deque()
+        return taken
+
     def try_acquire(self, n_bytes: int, record: Any = None) -> bool:
         """Take room for one record of ``n_bytes`` if there is some now.
 

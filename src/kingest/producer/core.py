@@ -14,7 +14,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
+from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -25,14 +26,13 @@ from kingest.errors import (
     BufferFullError,
     ProducerClosedError,
 )
-from kingest.partition import ShardMap, _hash_cache, hash_key_of
+from kingest.partition import ShardMap, computed_hash_key
 from kingest.producer.batch import (
     KinesisEntry,
     Pending,
     compressor,
     make_pending,
     serialize,
-    too_large,
 )
 from kingest.producer.buffer import BufferGate
 from kingest.producer.limits import PARTITION_KEY_MAX_CHARS, ShardRateLimiter, StreamInfo
@@ -48,15 +48,25 @@ from kingest.record import PENDING, DlqReason, RecordFuture
 log = logging.getLogger(__name__)
 
 _dumps = orjson.dumps
-
-
-def _tight(data: bytes) -> bytes:
-    return memoryview(data).tobytes()
-
-
+_join = b"".join
 _monotonic = time.monotonic
 
 DEFAULT_SOURCE = "default"
+_NEVER = float("inf")
+# Partition keys whose hash offer() remembers; past this many it forgets them all.
+_KNOWN_KEYS_MAX = 65_536
+
+
+class NoRoom(Exception):
+    """Raised by :meth:`ProducerCore.offer` when a record waits for buffer room.
+
+    Attributes:
+        pending: the record, not admitted; the caller waits for room for it.
+    """
+
+    def __init__(self, pending: Pending) -> None:
+        super().__init__()
+        self.pending = pending
 
 
 class ProducerCore:
@@ -87,8 +97,6 @@ class ProducerCore:
         self._ttl_s = config.record_ttl_ms / 1000
         self._compression = compressor(config.compression)
         self._linger_s = config.linger_ms / 1000
-        # Admitted records, appended by the gate under its lock (see BufferGate).
-        self._inbound: deque[Pending] = self.gate.inbound
         self._directory = ShardDirectory(ShardMap([]), self._new_limiter)
         self.sender = Sender(
             stream,
@@ -119,7 +127,14 @@ class ProducerCore:
             if config.aggregation
             else min(config.max_request_records, max(config.max_buffer_records // 8, 1))
         )
-        self._inbound_bytes = 0
+        # Admitted records wake the sender once their weight (bytes, plus a share of the byte
+        # threshold per record, so either threshold counts) reaches _wake_at: 0 while the
+        # sender is idle, the byte threshold while it works, never once a wake is requested.
+        self._record_weight = max(self._wake_bytes // self._wake_records, 1)
+        self._inbound_weight = 0
+        self._wake_at: float = 0
+        self._key_hashes: dict[str, int] = {}
+        self._record_limit = 0  # known once started: until then every record takes prepare()
 
     @property
     def aggregation(self) -> bool:
@@ -145,6 +160,7 @@ class ProducerCore:
         packer = self._packer
         if not packer.max_record_bytes:
             packer.max_record_bytes = min(self.info.max_record_bytes, self.config.max_request_bytes)
+        self._record_limit = packer.max_record_bytes
         if self.info.auto_distribution and packer.aggregation:
             log.info(
                 "Aggregation is off: the stream distributes records itself.",
@@ -254,43 +270,41 @@ class ProducerCore:
         partition_key: Any,
         explicit_hash_key: Any,
         source: str | None,
-    ) -> tuple[Pending, bool]:
+    ) -> Pending:
         """Prepare one put() call's record and admit it if there is room: the put path.
 
-        The usual record (a valid ASCII key, no explicit hash key) is handled inline: each
-        Python call per record is a measurable share of the CPU. Others take :meth:`prepare`
+        The usual record (a known partition key, no explicit hash key) is handled inline: each
+        Python step per record is a measurable share of the CPU. Others take :meth:`prepare`
         and :meth:`try_admit`, which this mirrors.
 
         Returns:
-            The record, and whether it is settled: admitted, or already done (rejected or
-            dropped). False means it waits for buffer room (:meth:`admit_blocking` /
-            :meth:`admit_async`).
+            The record, settled: admitted, or already done (rejected or dropped).
 
         Raises:
+            NoRoom: no buffer room under the ``block`` policy; the caller waits for it with
+                the record the exception carries (:meth:`admit_blocking` / :meth:`admit_async`).
             ProducerClosedError: the producer is closed.
             TypeError: the payload cannot be serialised as JSON.
         """
         kind = type(payload)
         if kind is dict:
-            data = _tight(_dumps(payload))  # see serialize()
+            data = _join((_dumps(payload), b""))  # a tight copy: see serialize()
         elif kind is bytes:
             data = payload
         else:
             data = serialize(payload)
-        if (
-            self._closed
-            or self._compression is not None
-            or explicit_hash_key is not None
-            or type(partition_key) is not str
-            or not 0 < len(partition_key) <= PARTITION_KEY_MAX_CHARS
-            or not partition_key.isascii()
-        ):
-            pending = self.prepare(payload, partition_key, explicit_hash_key, source)
-            return pending, self.try_admit(pending)
+        try:
+            hash_key = self._key_hashes.get(partition_key)
+        except TypeError:  # unhashable: certainly not a usable key
+            hash_key = None
+        if hash_key is None or explicit_hash_key is not None:
+            hash_key = self._learn_key(partition_key, explicit_hash_key)
+            if hash_key is None:
+                return self._offer_other(payload, partition_key, explicit_hash_key, source)
         size = len(data) + len(partition_key)
-        hash_key = _hash_cache.get(partition_key)
-        if hash_key is None:
-            hash_key = hash_key_of(partition_key)
+        if size > self._record_limit:
+            return self._offer_other(payload, partition_key, explicit_hash_key, source)
+        # held: set before the gate's lock publishes it to the sender.
         pending = Pending(
             data,
             partition_key,
@@ -299,40 +313,173 @@ class ProducerCore:
             source or DEFAULT_SOURCE,
             size,
             _monotonic() + self._ttl_s,
-            True,  # held: set before the gate's lock publishes it to the sender
+            True,
         )
-        if size > self._packer.max_record_bytes:
-            pending.held = False  # it never takes buffer room
-            reason, message = too_large(size, self._packer.max_record_bytes)
-            self.outcomes.dead_letter([pending], reason, None, message)
-            return pending, True
         gate = self.gate
         # BufferGate.try_acquire, inlined. acquire()/release() rather than `with`: a third of
         # the cost, and nothing between them can raise.
         gate.lock.acquire()
-        admitted = (
+        if (
             not gate.closed
             and gate.records < gate.max_records
-            and (gate.records == 0 or gate.bytes + size <= gate.max_bytes)
-        )
-        if admitted:
+            and gate.bytes + size <= gate.max_bytes
+        ):
             gate.records += 1
             gate.bytes += size
             gate.inbound.append(pending)
-        gate.lock.release()
-        if not admitted:
+            gate.lock.release()
+        else:
+            # Full, closed, or a record over the byte budget that only an empty buffer takes.
+            gate.lock.release()
             pending.held = False
-            if gate.closed:
-                raise ProducerClosedError("the producer is closed")
-            return pending, self._buffer_full(pending)
-        self._inbound_bytes += size
-        if not self._wake_requested and (
-            self._sender_idle
-            or self._inbound_bytes >= self._wake_bytes
-            or len(self._inbound) >= self._wake_records
-        ):
+            if not self.try_admit(pending):
+                raise NoRoom(pending)
+            return pending
+        # Appended before the threshold is read: see _run() for why no wake can be missed.
+        weight = self._inbound_weight + size + self._record_weight
+        self._inbound_weight = weight
+        if weight >= self._wake_at:
             self._wake()
-        return pending, True
+        return pending
+
+    def offer_many(self, records: Sequence[tuple[Any, Any]], source: str | None) -> int:
+        """Admit records in order while there is buffer room: the batch put path.
+
+        The same as :meth:`offer` for each ``(payload, partition_key)`` in turn, but runs of
+        usual records are prepared in one loop and admitted under one acquisition of the gate's
+        lock. No future is handed back: a caller using this follows delivery with :meth:`mark`.
+
+        Returns:
+            How many of the leading records were taken (admitted, or done already: rejected
+            or dropped). Fewer than all when the buffer is full under the ``block`` policy.
+
+        Raises:
+            ProducerClosedError: the producer is closed.
+            TypeError: a payload cannot be serialised as JSON; the records before it are
+                taken.
+        """
+        count = len(records)
+        taken = 0
+        while taken < count:
+            run, run_bytes = self._usual_run(records, taken, source)
+            if run:
+                admitted = self._admit_run(run, run_bytes)
+                taken += admitted
+                if admitted < len(run):
+                    break
+            else:
+                payload, partition_key = records[taken]
+                try:
+                    self.offer(payload, partition_key, None, source)
+                except NoRoom:
+                    break
+                taken += 1
+        return taken
+
+    def _usual_run(
+        self, records: Sequence[tuple[Any, Any]], start: int, source: str | None
+    ) -> tuple[list[Pending], int]:
+        """Records for :meth:`offer`'s inline path from ``start`` on, up to the first other one.
+
+        Returns:
+            The records (not admitted yet) and the sum of their sizes.
+        """
+        run: list[Pending] = []
+        add = run.append
+        run_bytes = 0
+        keys = self._key_hashes
+        limit = self._record_limit
+        source = source or DEFAULT_SOURCE
+        # Records put together were put at once: one deadline for the run.
+        deadline = _monotonic() + self._ttl_s
+        # No more than the buffer has room for now (read without the lock: _admit_run checks),
+        # so that a full buffer does not have records prepared only to be dropped.
+        gate = self.gate
+        room = gate.max_bytes - gate.bytes
+        end = min(len(records), start + max(gate.max_records - gate.records, 0))
+        for payload, partition_key in islice(records, start, end):
+            if type(payload) is dict:
+                data = _join((_dumps(payload), b""))  # a tight copy: see serialize()
+            elif type(payload) is bytes:
+                data = payload
+            else:
+                break
+            try:
+                hash_key = keys.get(partition_key)
+            except TypeError:
+                break
+            if hash_key is None:
+                hash_key = self._learn_key(partition_key, None)
+                if hash_key is None:
+                    break
+            size = len(data) + len(partition_key)
+            if size > limit or run_bytes + size > room:
+                break
+            # held: set before the gate's lock publishes it to the sender.
+            add(Pending(data, partition_key, None, hash_key, source, size, deadline, True))
+            run_bytes += size
+        return run, run_bytes
+
+    def _admit_run(self, run: list[Pending], run_bytes: int) -> int:
+        """Admit the head of ``run`` that there is room for; how many that is."""
+        gate = self.gate
+        count = len(run)
+        gate.lock.acquire()
+        if (
+            not gate.closed
+            and gate.records + count <= gate.max_records
+            and gate.bytes + run_bytes <= gate.max_bytes
+        ):
+            gate.records += count
+            gate.bytes += run_bytes
+            gate.inbound.extend(run)
+            gate.lock.release()
+        else:
+            gate.lock.release()
+            # Not room for all: one at a time, as far as there is room.
+            count = 0
+            for pending in run:
+                pending.held = False
+                if not self.try_admit(pending):
+                    break
+                count += 1
+            return count
+        weight = self._inbound_weight + run_bytes + count * self._record_weight
+        self._inbound_weight = weight
+        if weight >= self._wake_at:
+            self._wake()
+        return count
+
+    def _learn_key(self, partition_key: Any, explicit_hash_key: Any) -> int | None:
+        """The hash key of a usual record's partition key, now known to :meth:`offer`.
+
+        None for anything else: an explicit hash key, a partition key that is not an ASCII
+        str of valid length, compression, or a closed producer; those take the general path.
+        """
+        if (
+            explicit_hash_key is not None
+            or self._closed
+            or self._compression is not None
+            or type(partition_key) is not str
+            or not 0 < len(partition_key) <= PARTITION_KEY_MAX_CHARS
+            or not partition_key.isascii()
+        ):
+            return None
+        keys = self._key_hashes
+        hash_key = computed_hash_key(partition_key)
+        if len(keys) >= _KNOWN_KEYS_MAX:
+            keys.clear()  # crude, but bounded; keys in use come straight back
+        keys[partition_key] = hash_key
+        return hash_key
+
+    def _offer_other(
+        self, payload: Any, partition_key: Any, explicit_hash_key: Any, source: str | None
+    ) -> Pending:
+        """:meth:`offer` for records off its inline path (see :meth:`_learn_key`)."""
+        pending = self.prepare(payload, partition_key, explicit_hash_key, source)
+        if not self.try_admit(pending):
+            raise NoRoom(pending)
+        return pending
 
     def prepare(
         self,
@@ -444,18 +591,20 @@ class ProducerCore:
 
     def _admitted(self, size: int) -> None:
         """Wake the sender when the record just admitted makes it worth it."""
-        self._inbound_bytes += size
-        if not self._wake_requested and (
-            self._sender_idle
-            or self._inbound_bytes >= self._wake_bytes
-            or len(self._inbound) >= self._wake_records
-        ):
+        weight = self._inbound_weight + size + self._record_weight
+        self._inbound_weight = weight
+        if weight >= self._wake_at:
             self._wake()
+
+    def _rearm(self) -> None:
+        """Set the weight of admitted records that wakes the sender (see __init__)."""
+        self._wake_at = 0 if self._sender_idle else self._wake_bytes
 
     def _wake(self) -> None:
         if self._wake_requested or self._loop is None or self._wake_event is None:
             return
         self._wake_requested = True
+        self._wake_at = _NEVER
         if threading.get_ident() == self._loop_thread:
             self._wake_event.set()
         else:
@@ -475,6 +624,7 @@ class ProducerCore:
         assert self._wake_event is not None
         while True:
             self._wake_requested = False
+            self._rearm()
             self._wake_event.clear()
             self._drain_inbound()
             now = time.monotonic()
@@ -489,7 +639,10 @@ class ProducerCore:
                 return
             delay = self._next_wakeup(now)
             self._sender_idle = delay is None and not self._has_work()
-            if self._inbound:
+            # Before the inbound queue is looked at: a record admitted after that look then
+            # finds the sender idle and wakes it.
+            self._rearm()
+            if self.gate.inbound:
                 continue
             try:
                 async with asyncio.timeout(delay):
@@ -499,16 +652,16 @@ class ProducerCore:
 
     def _drain_inbound(self) -> None:
         """Move admitted records into the queue of the shard their hash key maps to."""
-        if not self._inbound:
+        if not self.gate.inbound:
             return
         generation = self._generation
-        count, received = self._directory.take_inbound(self._inbound, generation)
-        self._inbound_bytes = 0
+        count, received = self._directory.take_inbound(self.gate.take_inbound(), generation)
+        self._inbound_weight = 0
         self.outcomes.undone[generation] += count
         self.stats.received(received)
 
     def _has_work(self) -> bool:
-        return bool(self._inbound) or self._directory.has_records()
+        return bool(self.gate.inbound) or self._directory.has_records()
 
     def _should_send(self, now: float) -> bool:
         directory = self._directory

@@ -11,7 +11,9 @@ import asyncio
 import logging
 import threading
 import time
+from bisect import bisect_right
 from collections import Counter
+from operator import attrgetter
 
 from kingest.dlq import DeadLetterQueue, DlqEntry
 from kingest.producer.batch import Pending
@@ -20,6 +22,8 @@ from kingest.producer.stats import ProducerStats
 from kingest.record import PENDING, Delivery, DlqReason, Outcome, RecordResult
 
 log = logging.getLogger(__name__)
+
+_generation_of = attrgetter("generation")
 
 
 class Outcomes:
@@ -59,37 +63,69 @@ class Outcomes:
         *,
         source: str | None = None,
         user_bytes: int = 0,
+        in_order: bool = False,
     ) -> None:
         """Resolve records Kinesis accepted, count them per source into the two dicts, and
-        release their buffer room: one pass, since this runs for every record sent.
+        release their buffer room: this runs for every record sent, so the usual entry (records
+        not done yet, of one source and one flush generation) costs one short pass.
 
         ``positions`` are the records' places in the stored aggregate when they are not
         simply 0, 1, 2... (some of an aggregate's records were sent again). ``source``, when
         given, is the source of every record and ``user_bytes`` the sum of their sizes.
+        ``in_order``: the records were taken from one shard's queue of new records, in the
+        order they were admitted, so their flush generations never decrease.
         """
         delivery = Delivery(shard_id, sequence, aggregated)
-        undone = self.undone
-        held_records = 0
-        held_bytes = 0
-        per_record = source is None
-        if source is not None:
-            sources[source] = sources.get(source, 0) + len(records)
-            sizes[source] = sizes.get(source, 0) + user_bytes
+        pending = PENDING
+        skipped = 0
         numbered = enumerate(records) if positions is None else zip(positions, records, strict=True)
         for index, record in numbered:
             # RecordFuture.set_delivered, inlined: this loop is the send path's per-record cost.
-            record._index = index  # the attempt count is read from the record when asked for
-            if record._result is PENDING:
+            if record._result is pending:
+                record._index = index  # the attempt count is read from the record when asked for
                 record._result = delivery
                 if record._event is not None or record._callbacks is not None:
                     record._wake_waiters()
+            else:
+                skipped += 1  # done already (and so released then): not counted again
+        if skipped or source is None or not in_order:
+            self._count_done([r for r in records if r._result is delivery], sources, sizes)
+            return
+        count = len(records)
+        # Every record here was admitted (nothing reaches a shard queue otherwise), so each
+        # holds buffer room until this, its one ending.
+        sources[source] = sources.get(source, 0) + count
+        sizes[source] = sizes.get(source, 0) + user_bytes
+        undone = self.undone
+        generation = records[0].generation
+        if records[-1].generation == generation:
+            undone[generation] -= count
+        else:
+            # Generations never decrease along the records: one binary search per generation.
+            start = 0
+            while start < count:
+                end = bisect_right(records, generation, lo=start, key=_generation_of)
+                undone[generation] -= end - start
+                if end < count:
+                    generation = records[end].generation
+                start = end
+        self.gate.release(count, user_bytes)
+        if self.done_event is not None:
+            self.done_event.set()
+
+    def _count_done(
+        self, records: list[Pending], sources: dict[str, int], sizes: dict[str, int]
+    ) -> None:
+        """Count records just delivered per source, and release the room of those holding it."""
+        undone = self.undone
+        held_records = 0
+        held_bytes = 0
+        for record in records:
             size = record.size
-            if per_record:
-                record_source = record.source
-                sources[record_source] = sources.get(record_source, 0) + 1
-                sizes[record_source] = sizes.get(record_source, 0) + size
+            record_source = record.source
+            sources[record_source] = sources.get(record_source, 0) + 1
+            sizes[record_source] = sizes.get(record_source, 0) + size
             if record.held:
-                record.held = False
                 held_records += 1
                 held_bytes += size
                 undone[record.generation] -= 1
@@ -153,22 +189,28 @@ class Outcomes:
     def _resolve_dead_lettered(
         self, records: list[Pending], reason: DlqReason, code: str | None, message: str | None
     ) -> None:
+        ended: list[Pending] = []
         for record in records:
-            record.set_result(
-                RecordResult(
-                    Outcome.DEAD_LETTERED,
-                    reason=reason,
-                    error_code=code,
-                    error_message=message,
-                    attempts=record.attempts,
+            # A record already done (delivered, say, before a cancelled request's records were
+            # dead-lettered) keeps its first ending; its room was given back then.
+            if record._result is PENDING:
+                record.set_result(
+                    RecordResult(
+                        Outcome.DEAD_LETTERED,
+                        reason=reason,
+                        error_code=code,
+                        error_message=message,
+                        attempts=record.attempts,
+                    )
                 )
-            )
-        self.stats.dead_lettered(Counter(r.source for r in records), reason.value)
+                ended.append(record)
+        if not ended:
+            return
+        self.stats.dead_lettered(Counter(r.source for r in ended), reason.value)
         held_records = 0
         held_bytes = 0
-        for record in records:
+        for record in ended:
             if record.held:
-                record.held = False
                 held_records += 1
                 held_bytes += record.size
                 self.undone[record.generation] -= 1

@@ -77,13 +77,17 @@ class RequestPacker:
         aggregator = self._aggregator
         aggregator.clear()
         records: list[Pending] = []
-        if not buffer.retries or not aggregator.fill(buffer.retries, records, limit):
+        in_order = not buffer.retries
+        if in_order or not aggregator.fill(buffer.retries, records, limit):
             aggregator.fill(buffer.queue, records, limit)
         taken_bytes = sum(map(_size_of, records))
-        first_source = head.source
-        same_source = all(map(first_source.__eq__, map(_source_of, records)))
-        source = first_source if same_source else None
         directory = self._directory
+        first_source = head.source
+        if len(directory.sources) == 1:
+            source: str | None = first_source
+        else:
+            same_source = all(map(first_source.__eq__, map(_source_of, records)))
+            source = first_source if same_source else None
         directory.queued -= len(records)
         directory.queued_bytes -= taken_bytes
         if not records:
@@ -91,4 +95,6 @@ class RequestPacker:
             return KinesisEntry.plain(buffer.pop(), buffer.shard_id)
         if len(records) == 1:
             return KinesisEntry.plain(records[0], buffer.shard_id)
-        return KinesisEntry.aggregate(records, aggregator, buffer.shard_id, source, taken_bytes)
+        return KinesisEntry.aggregate(
+            records, aggregator, buffer.shard_id, source, taken_bytes, in_order
+        )

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 from kingest.config import ProducerConfig
 from kingest.dlq import DeadLetterQueue
 from kingest.errors import ConfigError
-from kingest.producer.core import ProducerCore
+from kingest.producer.core import NoRoom, ProducerCore
 from kingest.producer.outcomes import DeliveryMark
 from kingest.producer.transport import KinesisTransport
 from kingest.record import DlqReason, Record, RecordFuture
@@ -49,6 +50,10 @@ def _build_core(
     if dlq is None:
         dlq = DeadLetterQueue(config.dlq_dir, max_file_bytes=config.dlq_max_file_bytes)
     return ProducerCore(stream, config, transport, dlq)
+
+
+def _not_started(*_: Any) -> RecordFuture:
+    raise RuntimeError("start the producer before put_nowait()")
 
 
 class Producer:
@@ -86,6 +91,7 @@ class Producer:
         **settings: Any,
     ) -> None:
         self._core = _build_core(stream, config, endpoint_url, region, profile, dlq, settings)
+        self._offer = self._core.offer
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="kingest-producer", daemon=True
@@ -143,11 +149,10 @@ class Producer:
             ProducerClosedError: after close().
             BufferFullError: no buffer room within ``timeout``.
         """
-        core = self._core
-        pending, settled = core.offer(payload, partition_key, explicit_hash_key, source)
-        if settled:
-            return pending
-        return core.admit_blocking(pending, timeout)
+        try:
+            return self._offer(payload, partition_key, explicit_hash_key, source)
+        except NoRoom as wait:
+            return self._core.admit_blocking(wait.pending, timeout)
 
     def reject(
         self,
@@ -241,6 +246,7 @@ class AsyncProducer:
         self._core = _build_core(stream, config, endpoint_url, region, profile, dlq, settings)
         self._started = False
         self._closed = False
+        self._offer: Callable[[Any, Any, Any, str | None], RecordFuture] = _not_started
 
     @property
     def config(self) -> ProducerConfig:
@@ -271,6 +277,7 @@ class AsyncProducer:
                 await self._core.transport.close()
                 raise
             self._started = True
+            self._offer = self._core.offer
 
     async def put(
         self,
@@ -288,10 +295,10 @@ class AsyncProducer:
         """
         if not self._started:
             await self.start()
-        pending, settled = self._core.offer(payload, partition_key, explicit_hash_key, source)
-        if settled:
-            return pending
-        return await self._core.admit_async(pending, timeout)
+        try:
+            return self._core.offer(payload, partition_key, explicit_hash_key, source)
+        except NoRoom as wait:
+            return await self._core.admit_async(wait.pending, timeout)
 
     def put_nowait(
         self,
@@ -310,10 +317,37 @@ class AsyncProducer:
             ProducerClosedError: after close().
             RuntimeError: the producer is not started.
         """
+        try:
+            return self._offer(payload, partition_key, explicit_hash_key, source)
+        except NoRoom:
+            return None
+
+    def put_many_nowait(
+        self, records: Sequence[tuple[Any, str | None]], source: str | None = None
+    ) -> int:
+        """Hand records to the started producer without waiting, in order, while there is room.
+
+        The cheap path for a source that follows delivery with :meth:`mark` rather than per
+        record: no future is made for the caller, and the buffer is claimed once per run of
+        records rather than once per record. Each record is as in :meth:`put`, without an
+        explicit hash key.
+
+        Args:
+            records: ``(payload, partition_key)`` pairs; a None key is derived from the data.
+            source: source name for statistics and the dead-letter queue.
+
+        Returns:
+            How many of the leading records were taken. Fewer than all when the buffer is
+            full: the caller awaits :meth:`put` for the next one, then goes on.
+
+        Raises:
+            ProducerClosedError: after close().
+            RuntimeError: the producer is not started.
+            TypeError: a payload cannot be serialised; the records before it are taken.
+        """
         if not self._started:
-            raise RuntimeError("start the producer before put_nowait()")
-        pending, settled = self._core.offer(payload, partition_key, explicit_hash_key, source)
-        return pending if settled else None
+            raise RuntimeError("start the producer before put_many_nowait()")
+        return self._core.offer_many(records, source)
 
     def mark(self) -> DeliveryMark:
         """A mark whose ``done()`` is true once every record put before it is done.

@@ -173,6 +173,7 @@ class Sender:
                 sizes,
                 source=entry.source,
                 user_bytes=entry.user_bytes,
+                in_order=entry.in_order,
             )
             delivered_entries += 1
         if delivered_entries:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from kingest.partition import Shard, ShardMap
 from kingest.producer.batch import Pending
@@ -103,6 +103,9 @@ class ShardDirectory:
         self._buffers: dict[str, ShardBuffer] = {}
         self._order: list[ShardBuffer] = []
         self._rotation = 0
+        # Every source whose records ever reached a queue: with only one, no request needs
+        # its records' sources looked at.
+        self.sources: set[str] = set()
         self.replace_map(shard_map)
 
     def replace_map(self, shard_map: ShardMap) -> None:
@@ -127,45 +130,52 @@ class ShardDirectory:
             for record in list(buffer.drain()):
                 self.buffer_for(record.hash_key).push_retry(record)
 
-    def take_inbound(self, inbound: deque[Pending], generation: int) -> tuple[int, dict[str, int]]:
-        """Move the records now in ``inbound`` into their shards' queues, tagged ``generation``.
-
-        Records admitted meanwhile stay for the next call.
+    def take_inbound(
+        self, inbound: Collection[Pending], generation: int
+    ) -> tuple[int, dict[str, int]]:
+        """Move the records of ``inbound`` into their shards' queues, tagged ``generation``.
 
         Returns:
             How many records moved, and how many per source.
         """
         starts = self.starts
         appends = [buffer.queue.append for buffer in self.by_index]
-        single = appends[0] if len(appends) == 1 else None
-        popleft = inbound.popleft
         received: dict[str, int] = {}
         # Records come in runs of one source: count runs, not records, into the dict.
         run_source: str | None = None
         run = 0
         total_bytes = 0
-        count = len(inbound)
-        for _ in range(count):
-            record = popleft()
-            record.generation = generation
-            if single is not None:
-                single(record)
-            else:
+        if len(appends) == 1:
+            self.by_index[0].queue.extend(inbound)
+            for record in inbound:
+                record.generation = generation
+                total_bytes += record.size
+                source = record.source
+                if source is not run_source:
+                    if run_source is not None:
+                        received[run_source] = received.get(run_source, 0) + run
+                    run_source = source
+                    run = 0
+                run += 1
+        else:
+            for record in inbound:
+                record.generation = generation
                 # Shard ranges start at 0 and tile the hash space, so index >= 0.
                 appends[bisect_right(starts, record.hash_key) - 1](record)
-            total_bytes += record.size
-            source = record.source
-            if source is run_source:
+                total_bytes += record.size
+                source = record.source
+                if source is not run_source:
+                    if run_source is not None:
+                        received[run_source] = received.get(run_source, 0) + run
+                    run_source = source
+                    run = 0
                 run += 1
-            else:
-                if run_source is not None:
-                    received[run_source] = received.get(run_source, 0) + run
-                run_source = source
-                run = 1
         if run_source is not None:
             received[run_source] = received.get(run_source, 0) + run
+        count = len(inbound)
         self.queued += count
         self.queued_bytes += total_bytes
+        self.sources.update(received)
         return count, received
 
     def buffer_for(self, hash_key: int) -> ShardBuffer:

@@ -147,47 +147,61 @@ class FileSource(Source):
         tailer = self._tailer = self._new_tailer()
         parser = self.parser
         keys = self.keys
+        # The usual key is one top-level field: read here, the templates being the fallback.
+        key_field = keys[0].single_field if keys else None
         name = self.name
         stats = ctx.stats
         acks_add = ctx.acks.add
         producer = ctx.producer
-        put_nowait = producer.put_nowait
+        put_many = producer.put_many_nowait
         max_line_bytes = self.config.max_line_bytes
         async for batch in tailer.batches(stop):
             # Lines read together were ingested together: one timestamp per batch.
             ingested = datetime.now(UTC).isoformat()
             stats.received += len(batch)
             ends: dict[str, int] = {}  # file key -> end of its last line in this batch
-            for line in batch:
-                ends[line.file_key] = line.end
-                if line.truncated:
+            records: list[tuple[dict[str, Any], str | None]] = []
+            add_record = records.append
+            for file_key, path, offset, end, data, line_number, truncated in batch:
+                ends[file_key] = end
+                if truncated:
                     ctx.reject(
-                        line.data,
+                        data,
                         DlqReason.INVALID_INPUT,
-                        f"{line.path}:{_where(line.line_number, line.offset)}: line longer "
+                        f"{path}:{_where(line_number, offset)}: line longer "
                         f"than max_line_bytes ({max_line_bytes}); cut",
                     )
                     continue
                 try:
-                    record = parser(line.data)
+                    record = parser(data)
                 except ParseError as exc:
                     ctx.reject(
-                        line.data,
+                        data,
                         DlqReason.INVALID_INPUT,
-                        f"{line.path}:{_where(line.line_number, line.offset)}: {exc}",
+                        f"{path}:{_where(line_number, offset)}: {exc}",
                     )
                     continue
-                stats.parsed += 1
                 record["source"] = name
                 record["ingestion_timestamp"] = ingested
-                record["file"] = line.path
-                record["offset"] = line.offset
-                try:
-                    key: str | None = key_with_fallback(keys, record) if keys else None
-                except KeyError:
-                    key = None  # the producer keys it by a digest of its content
-                if put_nowait(record, key, None, name) is None:
-                    await producer.put(record, key, None, name)
+                record["file"] = path
+                record["offset"] = offset
+                key = record.get(key_field) if key_field is not None else None
+                if type(key) is not str or not key:
+                    try:
+                        key = key_with_fallback(keys, record) if keys else None
+                    except KeyError:
+                        key = None  # the producer keys it by a digest of its content
+                add_record((record, key))
+            stats.parsed += len(records)
+            # The batch's records in order, as far as there is room; past that one at a time,
+            # each waiting for room, then the rest together again.
+            taken = put_many(records, name)
+            while taken < len(records):
+                payload, key = records[taken]
+                await producer.put(payload, key, None, name)
+                taken += 1
+                if taken < len(records):
+                    taken += put_many(records[taken:], name)
             # One mark per batch: the files' ends are committed once all its lines are done.
             mark = producer.mark()
             for lane, end in ends.items():

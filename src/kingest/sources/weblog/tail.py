@@ -58,6 +58,9 @@ logger = logging.getLogger(__name__)
 _Ident = tuple[int, int]  # (st_dev, st_ino)
 
 
+_new_line = tuple.__new__
+
+
 class TailLine(NamedTuple):
     """One line of a followed file (a tuple: built for every line, it must be cheap).
 
@@ -518,15 +521,30 @@ class FileTailer:
                 del parts[budget:]
                 rest = None  # the lines left in this chunk are read again next time
             pos, ln = start, f.line_no
-            for p in parts:
-                end = pos + len(p) + 1
-                if len(p) > maxlen:
-                    append(TailLine(key, path, pos, end, p[:maxlen], ln, True))
+            if len(text) <= maxlen:
+                # The usual chunk: no line in it can be too long. Tuples are built directly,
+                # without the Python-level TailLine.__new__.
+                if ln is None:
+                    for p in parts:
+                        end = pos + len(p) + 1
+                        append(_new_line(TailLine, (key, path, pos, end, p, None, False)))
+                        pos = end
                 else:
-                    append(TailLine(key, path, pos, end, p, ln))
-                pos = end
-                if ln is not None:
-                    ln += 1
+                    for number, p in enumerate(parts, ln):
+                        end = pos + len(p) + 1
+                        append(_new_line(TailLine, (key, path, pos, end, p, number, False)))
+                        pos = end
+                    ln += len(parts)
+            else:
+                for p in parts:
+                    end = pos + len(p) + 1
+                    if len(p) > maxlen:
+                        append(TailLine(key, path, pos, end, p[:maxlen], ln, True))
+                    else:
+                        append(TailLine(key, path, pos, end, p, ln))
+                    pos = end
+                    if ln is not None:
+                        ln += 1
             f.line_no = ln
             budget -= len(parts)
             if parts:
