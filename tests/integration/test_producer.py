@@ -663,3 +663,33 @@ def test_resharding_under_a_running_producer(
         assert result.shard_id is not None
         assert by_id[result.shard_id].owns(hash_key_of(keys[i % 400])), (i, result)
     _check_results_point_at_records(futures, ids, visible)
+
+
+def test_put_many_waits_for_room_and_takes_everything(
+    endpoint_url: str, stream_factory: Any, tmp_path: Path
+) -> None:
+    """put_many through a buffer a tenth of the batch: every record taken, in order, none lost."""
+    stream = stream_factory(shards=1)
+    run_id = uuid.uuid4().hex
+    n = 500
+    records = [(make_payload(run_id, i), f"k{i % 3}") for i in range(n)]
+
+    async def go() -> dict[str, Any]:
+        producer = AsyncProducer(
+            stream, endpoint_url=endpoint_url, dlq_dir=str(tmp_path / "dlq"),
+            max_buffer_records=50, **FAST,
+        )  # fmt: skip
+        try:
+            await producer.put_many(records, "many")
+            await asyncio.wait_for(producer.flush(), 30)
+            return producer.stats()
+        finally:
+            await producer.close(timeout=15)
+
+    stats = asyncio.run(go())
+    assert stats["by_source"]["many"]["sent"] == n
+    read = read_stream(endpoint_url, stream)
+    assert sorted(ids_read(read)) == sorted(f"{run_id}-{i}" for i in range(n))
+    for key in ("k0", "k1", "k2"):
+        seen = [orjson.loads(r.data)["i"] for r in read if r.partition_key == key]
+        assert seen == sorted(seen)

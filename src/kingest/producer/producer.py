@@ -349,6 +349,30 @@ class AsyncProducer:
             raise RuntimeError("start the producer before put_many_nowait()")
         return self._core.offer_many(records, source)
 
+    async def put_many(
+        self, records: Sequence[tuple[Any, str | None]], source: str | None = None
+    ) -> None:
+        """Hand every record to the producer, in order, awaiting buffer room when it is full.
+
+        :meth:`put_many_nowait` as far as there is room, then one record at a time through
+        :meth:`put` (which waits), then the rest together again. No futures: follow delivery
+        with :meth:`mark`.
+
+        Raises:
+            ProducerClosedError: after close().
+            TypeError: a payload cannot be serialised; the records before it are taken.
+        """
+        if not self._started:
+            await self.start()
+        count = len(records)
+        taken = self._core.offer_many(records, source)
+        while taken < count:
+            payload, key = records[taken]
+            await self.put(payload, key, None, source)
+            taken += 1
+            if taken < count:
+                taken += self._core.offer_many(records[taken:], source)
+
     def mark(self) -> DeliveryMark:
         """A mark whose ``done()`` is true once every record put before it is done.
 

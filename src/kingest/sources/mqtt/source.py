@@ -297,7 +297,6 @@ class MqttSource(Source):
     async def _take(self, ctx: SourceContext, batch: list[Message]) -> None:
         """Turn a batch of messages into records (or dead letters)."""
         producer = ctx.producer
-        put_nowait = producer.put_nowait
         stats = ctx.stats
         name = self.name
         template = self.template
@@ -308,6 +307,7 @@ class MqttSource(Source):
         unacked = self._unacked
         ingested = datetime.now(UTC).isoformat(timespec="milliseconds")
         stats.received += len(batch)
+        records: list[tuple[dict[str, Any], str | None]] = []
         for message in batch:
             self._sequence += 1
             unacked.append((self._sequence, generation, message.packet_id))
@@ -336,8 +336,8 @@ class MqttSource(Source):
                 key: str | None = key_with_fallback(keys, reading)
             except KeyError:
                 key = None
-            if put_nowait(reading, key, None, name) is None:
-                await producer.put(reading, key, None, name)
+            records.append((reading, key))
+        await producer.put_many(records, name)
         ctx.acks.add(_LANE, self._sequence, producer.mark())
 
     async def _ack_loop(self, ctx: SourceContext, stop: asyncio.Event) -> None:

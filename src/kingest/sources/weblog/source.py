@@ -153,7 +153,7 @@ class FileSource(Source):
         stats = ctx.stats
         acks_add = ctx.acks.add
         producer = ctx.producer
-        put_many = producer.put_many_nowait
+        put_many = producer.put_many
         max_line_bytes = self.config.max_line_bytes
         async for batch in tailer.batches(stop):
             # Lines read together were ingested together: one timestamp per batch.
@@ -193,15 +193,7 @@ class FileSource(Source):
                         key = None  # the producer keys it by a digest of its content
                 add_record((record, key))
             stats.parsed += len(records)
-            # The batch's records in order, as far as there is room; past that one at a time,
-            # each waiting for room, then the rest together again.
-            taken = put_many(records, name)
-            while taken < len(records):
-                payload, key = records[taken]
-                await producer.put(payload, key, None, name)
-                taken += 1
-                if taken < len(records):
-                    taken += put_many(records[taken:], name)
+            await put_many(records, name)
             # One mark per batch: the files' ends are committed once all its lines are done.
             mark = producer.mark()
             for lane, end in ends.items():

@@ -400,7 +400,6 @@ class MySqlSource(Source):
 
     async def _hand_over(self, ctx: SourceContext, chunks: list[Chunk]) -> None:
         producer = ctx.producer
-        put_nowait = producer.put_nowait
         stats = ctx.stats
         name = self.name
         end: BinlogPosition | None = None
@@ -408,9 +407,7 @@ class MySqlSource(Source):
             if chunk.size:
                 stats.received += chunk.size
                 stats.parsed += len(chunk.events)
-                for event, key in chunk.events:
-                    if put_nowait(event, key, None, name) is None:
-                        await producer.put(event, key, None, name)
+                await producer.put_many(chunk.events, name)
                 for reject in chunk.rejects:
                     ctx.reject(reject.payload, DlqReason.INVALID_INPUT, reject.message)
             if chunk.end is not None:

@@ -238,7 +238,6 @@ class PostgresSource(Source):
         producer = ctx.producer
         name = self.name
         stats = ctx.stats
-        put_nowait = producer.put_nowait
         end_lsn: int | None = None
         snapshot_done: SnapshotDone | None = None
         for item in batch:
@@ -247,9 +246,7 @@ class PostgresSource(Source):
                 continue
             stats.received += len(item.events) + len(item.rejects)
             stats.parsed += len(item.events)
-            for event, key in item.events:
-                if put_nowait(event, key, None, name) is None:
-                    await producer.put(event, key, None, name)
+            await producer.put_many(item.events, name)
             for reject in item.rejects:
                 ctx.reject(reject.payload, DlqReason.INVALID_INPUT, reject.message)
             if item.end_lsn is not None:
