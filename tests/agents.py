@@ -16,6 +16,7 @@ import pytest
 
 from kingest.agent.config import AgentConfig
 from kingest.agent.runner import Agent
+from tests.helpers import wait_until
 
 
 class AgentProcess:
@@ -72,6 +73,10 @@ class InProcessAgent:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         self._ready.wait(10)
+        # Every source started: a slot made, a subscription taken, a port bound.
+        wait_until(
+            lambda: self.agent.started.is_set() or not self.thread.is_alive(), 60, "the agent"
+        )
 
     def _run(self) -> None:
         async def main() -> None:

@@ -10,7 +10,6 @@ import asyncio
 import signal
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -179,7 +178,8 @@ def test_a_full_buffer_is_answered_503_with_retry_after_never_dropped(
             target=lambda: first.append(post(server.url, orjson.dumps(events)))
         )
         waiter.start()  # fills the buffer; answered once Kinesis takes the events
-        time.sleep(1.0)
+        producer = next(iter(server.agent.agent.producers.values()))
+        wait_until(lambda: producer.stats()["queue_size"] >= 20, 30, "a full buffer")
         status, headers, body = post(server.url, orjson.dumps([{"id": "b0"}, {"id": "b1"}]))
         assert status == 503 and headers["Retry-After"] == "1"
         assert [r["status"] for r in body["results"]] == ["rejected", "rejected"]

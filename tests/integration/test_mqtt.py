@@ -117,7 +117,6 @@ def test_readings_rules_and_dead_letters(
     rules = {"temperature": {"min": -40, "max": 85, "units": ["C"]}}
     agent = InProcessAgent(agent_config(prefix, stream, tmp_path, rules=rules), endpoint_url)
     try:
-        time.sleep(0.5)
         for i in range(50):
             publisher.publish(f"{prefix}/temperature/t{i % 5}", reading(i))
         publisher.publish(f"{prefix}/temperature/t0", reading(50, value=300))  # breaks the rule
@@ -156,7 +155,6 @@ def test_flagged_readings_and_qos0(
     )  # fmt: skip
     agent = InProcessAgent(config, endpoint_url)
     try:
-        time.sleep(0.5)
         publisher.publish(f"{prefix}/co2/c1", reading(1, value=9000), qos=0)
         publisher.publish(f"{prefix}/co2/c1", reading(2, value=420), qos=0)
         wait_until(lambda: len(read_stream(endpoint_url, stream)) >= 2, 30, "the readings")
@@ -174,7 +172,6 @@ def test_mqtt_3_1_1_with_a_persistent_session(
     stream = stream_factory()
     first = InProcessAgent(agent_config(prefix, stream, tmp_path, protocol="3.1.1"), endpoint_url)
     try:
-        time.sleep(0.5)
         publisher.publish(f"{prefix}/temperature/t1", reading(1))
         wait_until(lambda: len(read_stream(endpoint_url, stream)) >= 1, 30, "the first reading")
     finally:
@@ -224,7 +221,6 @@ def test_sigkill_and_restart_with_the_persistent_session_lose_nothing(
     wait_until(
         lambda: "is running" in agent.stderr or agent.process.poll() is not None, 30, "start"
     )
-    time.sleep(1.0)  # the subscription is made once connected
     thread, published = publish_in_background(publisher, prefix, 1500)
     wait_until(lambda: len(read_stream(endpoint_url, stream)) >= 400, 60, "readings before")
     agent.process.kill()
@@ -271,7 +267,6 @@ def test_a_broker_restart_mid_stream_loses_nothing(
     wait_until(
         lambda: "is running" in agent.stderr or agent.process.poll() is not None, 30, "start"
     )
-    time.sleep(1.0)
     thread, published = publish_in_background(publisher, prefix, 1200)
     wait_until(lambda: len(published) >= 400, 60, "readings before the restart")
     restart_broker()
