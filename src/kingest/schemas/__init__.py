@@ -1,0 +1,1 @@
+"""JSON Schemas of records: evolution checks."""
