@@ -59,7 +59,7 @@ def prepare_against(
     monkeypatch: pytest.MonkeyPatch, script: dict[str, list[tuple[Any, ...]]]
 ) -> None:
     monkeypatch.setattr(
-        capture_module, "_connect", lambda dsn, replication: ScriptedConnection(script)
+        capture_module, "connect", lambda dsn, replication: ScriptedConnection(script)
     )
     PostgresCapture(settings(), EnvelopeBuilder("postgresql", "pg")).prepare(None)
 

@@ -26,14 +26,26 @@ from typing import Any, Final
 
 import psycopg2
 import psycopg2.errors
-import psycopg2.extensions
-import psycopg2.extras
 from psycopg2 import sql
 
 from kingest.errors import CaptureError
 from kingest.sources.cdc.envelope import EnvelopeBuilder, TableRef
 from kingest.sources.cdc.postgres.assembler import ChangeAssembler, Chunk
-from kingest.sources.cdc.postgres.position import format_lsn, parse_lsn
+from kingest.sources.cdc.postgres.connection import (
+    close_quietly,
+    connect,
+    execute,
+    fetch_all,
+    fetch_one,
+    fetch_one_or_none,
+    first_line,
+    lsn_of,
+    primary_key_columns,
+    quote_ident,
+    quoted_name,
+    table_identifier,
+)
+from kingest.sources.cdc.postgres.position import format_lsn
 from kingest.sources.cdc.postgres.protocol import Relation
 from kingest.sources.cdc.postgres.types import TypeDescription, TypeMapper
 
@@ -41,11 +53,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CaptureSettings", "PostgresCapture", "SnapshotDone", "TableFilter"]
 
-# Fixed text forms for every value the server writes for us (see types.py).
-SESSION_OPTIONS: Final = (
-    "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=iso_8601 "
-    "-c bytea_output=hex -c extra_float_digits=3"
-)
 SNAPSHOT_FETCH_ROWS: Final = 2000
 # A batch of chunks is handed to the event loop once it holds this many events, or is this old,
 # or the server has nothing more to send right now.
@@ -142,8 +149,8 @@ class PostgresCapture:
                 a dropped slot); the message says what to do.
         """
         settings = self.settings
-        self._catalog = _connect(settings.dsn, replication=False)
-        database, wal_level, user = _one(
+        self._catalog = connect(settings.dsn, replication=False)
+        database, wal_level, user = fetch_one(
             self._catalog, "select current_database(), current_setting('wal_level'), current_user"
         )
         self.database = database
@@ -152,7 +159,7 @@ class PostgresCapture:
                 f"PostgreSQL has wal_level={wal_level}; logical decoding needs wal_level=logical "
                 "(ALTER SYSTEM SET wal_level = logical, then restart the server)"
             )
-        (may_replicate,) = _one(
+        (may_replicate,) = fetch_one(
             self._catalog,
             "select rolreplication or rolsuper from pg_roles where rolname = current_user",
         )
@@ -162,8 +169,8 @@ class PostgresCapture:
                 f"(ALTER ROLE {user} REPLICATION)"
             )
         self._ensure_publication(user)
-        self._replication = _connect(settings.dsn, replication=True)
-        slot = _one_or_none(
+        self._replication = connect(settings.dsn, replication=True)
+        slot = fetch_one_or_none(
             self._catalog,
             "select plugin, database, confirmed_flush_lsn::text from pg_replication_slots "
             "where slot_name = %s",
@@ -177,7 +184,7 @@ class PostgresCapture:
                 "taken again.",
                 extra={"slot": settings.slot},
             )
-            _execute(self._catalog, "select pg_drop_replication_slot(%s)", (settings.slot,))
+            execute(self._catalog, "select pg_drop_replication_slot(%s)", (settings.slot,))
             slot = None
         elif slot is None and stored is not None and not settings.recreate_dropped_slot:
             raise CaptureError(
@@ -192,7 +199,7 @@ class PostgresCapture:
                     f"replication slot {settings.slot!r} is for plugin {plugin} on database "
                     f"{slot_database}, not pgoutput on {database}: choose another --slot"
                 )
-            self._prepared = _Prepared(database, _lsn_of(confirmed), None)
+            self._prepared = _Prepared(database, lsn_of(confirmed), None)
             self._confirmed = self._prepared.slot_lsn
             return False
         take_snapshot = settings.snapshot and not (stored is not None and snapshot_done)
@@ -207,7 +214,7 @@ class PostgresCapture:
 
     def _ensure_publication(self, user: str) -> None:
         settings = self.settings
-        exists = _one_or_none(
+        exists = fetch_one_or_none(
             self._catalog,
             "select 1 from pg_publication where pubname = %s",
             (settings.publication,),
@@ -216,7 +223,7 @@ class PostgresCapture:
         try:
             if exists is None:
                 if wanted and len(wanted) == len(settings.tables.include):
-                    tables = sql.SQL(", ").join(_table_identifier(name) for name in wanted)
+                    tables = sql.SQL(", ").join(table_identifier(name) for name in wanted)
                     statement = sql.SQL("create publication {} for table {}").format(
                         sql.Identifier(settings.publication), tables
                     )
@@ -224,10 +231,10 @@ class PostgresCapture:
                     statement = sql.SQL("create publication {} for all tables").format(
                         sql.Identifier(settings.publication)
                     )
-                _execute(self._catalog, statement)
+                execute(self._catalog, statement)
                 log.info("Created the publication.", extra={"publication": settings.publication})
                 return
-            rows = _all(
+            rows = fetch_all(
                 self._catalog,
                 "select puballtables from pg_publication where pubname = %s",
                 (settings.publication,),
@@ -236,7 +243,7 @@ class PostgresCapture:
                 return
             present = {
                 f"{schema}.{table}"
-                for schema, table in _all(
+                for schema, table in fetch_all(
                     self._catalog,
                     "select schemaname, tablename from pg_publication_tables where pubname = %s",
                     (settings.publication,),
@@ -244,20 +251,20 @@ class PostgresCapture:
             }
             for name in wanted:
                 if name not in present:
-                    _execute(
+                    execute(
                         self._catalog,
                         sql.SQL("alter publication {} add table {}").format(
-                            sql.Identifier(settings.publication), _table_identifier(name)
+                            sql.Identifier(settings.publication), table_identifier(name)
                         ),
                     )
         except psycopg2.errors.InsufficientPrivilege as exc:
             raise CaptureError(
                 f"user {user} may not create or change publication {settings.publication!r}: "
-                f"{_first_line(exc)} (that needs CREATE on the database and ownership of the "
+                f"{first_line(exc)} (that needs CREATE on the database and ownership of the "
                 "tables, or superuser for all tables; or create the publication beforehand)"
             ) from exc
         except psycopg2.errors.UndefinedTable as exc:
-            raise CaptureError(f"a --table does not exist: {_first_line(exc)}") from exc
+            raise CaptureError(f"a --table does not exist: {first_line(exc)}") from exc
 
     def _create_slot(self, export: bool) -> tuple[int, str | None]:
         settings = self.settings
@@ -265,14 +272,14 @@ class PostgresCapture:
         cursor = self._replication.cursor()
         try:
             cursor.execute(
-                f"CREATE_REPLICATION_SLOT {_quote_ident(settings.slot)} LOGICAL pgoutput {snapshot}"
+                f"CREATE_REPLICATION_SLOT {quote_ident(settings.slot)} LOGICAL pgoutput {snapshot}"
             )
             _name, consistent_point, snapshot_name, _plugin = cursor.fetchone()
         except psycopg2.Error as exc:
             raise CaptureError(
-                f"cannot create replication slot {settings.slot!r}: {_first_line(exc)}"
+                f"cannot create replication slot {settings.slot!r}: {first_line(exc)}"
             ) from exc
-        return _lsn_of(consistent_point), snapshot_name if export else None
+        return lsn_of(consistent_point), snapshot_name if export else None
 
     # --- the stream (runs in the capture thread) ----------------------------------------------
 
@@ -305,17 +312,17 @@ class PostgresCapture:
                     return
                 log.warning(
                     "The replication connection was lost; reconnecting.",
-                    extra={"error": _first_line(exc), "retry_in_s": delay},
+                    extra={"error": first_line(exc), "retry_in_s": delay},
                 )
             if stop.wait(delay):
                 return
             delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
             try:
                 with self._lock:
-                    _close(self._replication)
-                    self._replication = _connect(self.settings.dsn, replication=True)
-                    _close(self._catalog)
-                    self._catalog = _connect(self.settings.dsn, replication=False)
+                    close_quietly(self._replication)
+                    self._replication = connect(self.settings.dsn, replication=True)
+                    close_quietly(self._catalog)
+                    self._catalog = connect(self.settings.dsn, replication=False)
             except CaptureError as exc:
                 log.warning("Cannot reconnect yet.", extra={"error": str(exc)})
 
@@ -346,12 +353,12 @@ class PostgresCapture:
             except psycopg2.errors.UndefinedObject as exc:
                 raise CaptureError(
                     f"replication slot {settings.slot!r} does not exist (was it dropped?): "
-                    f"{_first_line(exc)}"
+                    f"{first_line(exc)}"
                 ) from exc
             except psycopg2.errors.ObjectInUse as exc:
                 raise CaptureError(
                     f"replication slot {settings.slot!r} is in use by another process: "
-                    f"{_first_line(exc)}"
+                    f"{first_line(exc)}"
                 ) from exc
         log.info("Streaming changes.", extra={"slot": settings.slot, **options})
         last_heartbeat = time.monotonic()
@@ -413,7 +420,7 @@ class PostgresCapture:
         stop: threading.Event,
     ) -> bool:
         """Read every captured table as of the slot's start; False when stopped midway."""
-        connection = _connect(self.settings.dsn, replication=False)
+        connection = connect(self.settings.dsn, replication=False)
         connection.autocommit = False
         try:
             cursor = connection.cursor()
@@ -480,7 +487,7 @@ class PostgresCapture:
             log.info("The snapshot is read.", extra={"tables": len(tables), "rows": order})
             return emit([SnapshotDone(prepared.slot_lsn)])
         finally:
-            _close(connection)
+            close_quietly(connection)
 
     def _snapshot_table(
         self, cursor: Any, schema: str, table: str, types: TypeMapper
@@ -489,14 +496,14 @@ class PostgresCapture:
             "select a.attname, a.atttypid from pg_attribute a "
             "where a.attrelid = %s::regclass and a.attnum > 0 and not a.attisdropped "
             "order by a.attnum",
-            (_quoted_name(schema, table),),
+            (quoted_name(schema, table),),
         )
         described = cursor.fetchall()
         columns = [name for name, _ in described]
         converters = [types.converter(oid) for _, oid in described]
-        cursor.execute("select %s::regclass::oid", (_quoted_name(schema, table),))
+        cursor.execute("select %s::regclass::oid", (quoted_name(schema, table),))
         (oid,) = cursor.fetchone()
-        key = _primary_key(cursor, oid)
+        key = primary_key_columns(cursor, oid)
         return TableRef(self.database, schema, table, key), columns, converters
 
     # --- called from the event loop -----------------------------------------------------------
@@ -525,21 +532,21 @@ class PostgresCapture:
     def close(self) -> None:
         """Close both connections."""
         with self._lock:
-            _close(self._replication)
-            _close(self._catalog)
+            close_quietly(self._replication)
+            close_quietly(self._catalog)
             self._cursor = None
 
     # --- catalogue lookups (capture thread) ---------------------------------------------------
 
     def _primary_key_of(self, relation: Relation) -> tuple[str, ...]:
         # Asked again on every Relation message, which the server sends after DDL.
-        key = _primary_key(self._catalog.cursor(), relation.oid)
+        key = primary_key_columns(self._catalog.cursor(), relation.oid)
         if not key and relation.replica_identity == "i":
             key = tuple(column.name for column in relation.columns if column.is_key)
         return key
 
     def _describe_type(self, type_oid: int) -> TypeDescription | None:
-        row = _one_or_none(
+        row = fetch_one_or_none(
             self._catalog,
             "select typcategory, typelem, typbasetype, typdelim from pg_type where oid = %s",
             (type_oid,),
@@ -548,97 +555,3 @@ class PostgresCapture:
             return None
         category, element, base, delimiter = row
         return TypeDescription(str(category), int(element), int(base), str(delimiter))
-
-
-# --- helpers ----------------------------------------------------------------------------------
-
-
-def _connect(dsn: str, *, replication: bool) -> Any:
-    factory = psycopg2.extras.LogicalReplicationConnection if replication else None
-    try:
-        parsed = psycopg2.extensions.parse_dsn(dsn)
-    except psycopg2.ProgrammingError as exc:
-        raise CaptureError(f"invalid PostgreSQL DSN: {_first_line(exc)}") from exc
-    # The DSN's own options (e.g. logical_decoding_work_mem) are kept; ours come last.
-    options = f"{parsed.get('options', '')} {SESSION_OPTIONS}".strip()
-    timeout = parsed.get("connect_timeout", "10")
-    try:
-        connection = psycopg2.connect(
-            dsn, connection_factory=factory, options=options, connect_timeout=timeout
-        )
-    except psycopg2.OperationalError as exc:
-        message = _first_line(exc)
-        if "replication" in message and ("superuser" in message or "role" in message):
-            raise CaptureError(
-                f"the user may not stream changes: {message} (ALTER ROLE ... REPLICATION)"
-            ) from exc
-        if "no pg_hba.conf entry for replication" in message:
-            raise CaptureError(
-                f"pg_hba.conf allows no replication connection for this user: {message}"
-            ) from exc
-        raise CaptureError(f"cannot connect to PostgreSQL: {message}", retriable=True) from exc
-    if not replication:
-        connection.autocommit = True
-    return connection
-
-
-def _close(connection: Any) -> None:
-    if connection is not None and not connection.closed:
-        try:
-            connection.close()
-        except psycopg2.Error:
-            log.debug("Closing a broken connection failed.", exc_info=True)
-
-
-def _execute(connection: Any, statement: Any, params: tuple[Any, ...] = ()) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-
-
-def _all(connection: Any, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        rows: list[Any] = cursor.fetchall()
-        return rows
-
-
-def _one(connection: Any, statement: str, params: tuple[Any, ...] = ()) -> Any:
-    rows = _all(connection, statement, params)
-    return rows[0]
-
-
-def _one_or_none(connection: Any, statement: str, params: tuple[Any, ...] = ()) -> Any:
-    rows = _all(connection, statement, params)
-    return rows[0] if rows else None
-
-
-def _primary_key(cursor: Any, relation_oid: int) -> tuple[str, ...]:
-    cursor.execute(
-        "select a.attname from pg_index i "
-        "join lateral unnest(i.indkey::int2[]) with ordinality as k(attnum, n) on true "
-        "join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum "
-        "where i.indrelid = %s and i.indisprimary order by k.n",
-        (relation_oid,),
-    )
-    return tuple(name for (name,) in cursor.fetchall())
-
-
-def _table_identifier(qualified: str) -> sql.Composable:
-    schema, _, table = qualified.rpartition(".")
-    return sql.SQL("{}.{}").format(sql.Identifier(schema or "public"), sql.Identifier(table))
-
-
-def _quoted_name(schema: str, table: str) -> str:
-    return f"{_quote_ident(schema)}.{_quote_ident(table)}"
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lsn_of(text: str | None) -> int:
-    return parse_lsn(text) if text else 0
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
