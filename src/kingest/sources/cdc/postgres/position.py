@@ -15,7 +15,7 @@ _MAX_LSN = (1 << 64) - 1
 
 
 def parse_lsn(text: str) -> int:
-    """The integer of an LSN written as ``XXXXXXXX/XXXXXXXX``.
+    """The integer of an LSN in its text form, two hexadecimal halves: ``16/B374D848``.
 
     Raises:
         ValueError: ``text`` is not an LSN.
