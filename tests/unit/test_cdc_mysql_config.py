@@ -118,8 +118,8 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_the_command_builds_a_one_source_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_run_agent(agent: AgentConfig, endpoint_url: str | None, command: str) -> int:
-        seen.update(agent=agent, endpoint_url=endpoint_url, command=command)
+    def fake_run_agent(agent: AgentConfig, args: argparse.Namespace, command: str) -> int:
+        seen.update(agent=agent, endpoint_url=args.endpoint_url, command=command)
         return 0
 
     monkeypatch.setattr(cdc_mysql, "run_agent", fake_run_agent)

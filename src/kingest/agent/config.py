@@ -7,6 +7,8 @@ Example ``kingest.yaml``::
     producer:
       linger_ms: 200
       dlq_dir: /var/lib/kingest/dlq
+    metrics:
+      address: 127.0.0.1:9108
     sources:
       - type: file
         name: web_logs
@@ -21,11 +23,33 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kingest.addresses import parse_host_port
 from kingest.config import ProducerConfig
 from kingest.errors import ConfigError
 from kingest.sources.registry import SourceConfig
+
+
+class MetricsConfig(BaseModel):
+    """Where the agent's metrics go: a Prometheus endpoint, CloudWatch, or both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str | None = Field(
+        None,
+        description=(
+            "HOST:PORT serving /metrics (Prometheus text format) and /health; "
+            "port 0 takes a free one. None: no endpoint."
+        ),
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_host_port(value, any_port=True)
+        return value
 
 
 class AgentConfig(BaseModel):
@@ -64,6 +88,10 @@ class AgentConfig(BaseModel):
     producer: ProducerConfig = Field(
         default_factory=lambda: ProducerConfig.model_validate({}),
         description="Producer settings, shared by all sources.",
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=lambda: MetricsConfig.model_validate({}),
+        description="Metrics endpoints and exporters.",
     )
     sources: list[SourceConfig] = Field(min_length=1, description="The sources to run.")
 

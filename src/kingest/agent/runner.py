@@ -5,6 +5,10 @@ source's ack tracker, every ``commit_interval_ms``, which positions became safe 
 before them delivered or dead-lettered) and has the source store them. On stop, the sources
 end, the producers deliver or dead-letter what they hold, and the last positions are committed
 before anything is closed, so a clean restart sends nothing twice.
+
+The agent's metrics live in :attr:`Agent.registry`; with ``metrics.address`` set they are
+served as Prometheus text on ``/metrics`` (with ``/health``) from before the sources start to
+after the last commit.
 """
 
 from __future__ import annotations
@@ -12,12 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
+from kingest.addresses import parse_host_port
 from kingest.agent.config import AgentConfig
 from kingest.checkpoint import CheckpointStore
 from kingest.dlq import DeadLetterQueue
 from kingest.errors import KingestError
+from kingest.metrics.events import process_families, producer_families, source_families
+from kingest.metrics.prometheus import MetricsServer
+from kingest.metrics.registry import MetricFamily, Registry
 from kingest.producer.producer import AsyncProducer
 from kingest.runtime import tune_for_reader_threads
 from kingest.sources.base import Source, SourceContext
@@ -46,6 +55,11 @@ class Agent:
         self._dlq: DeadLetterQueue | None = None
         # Set once every source has started (a slot created, a port bound, a broker joined).
         self.started = asyncio.Event()
+        self.started_at = time.time()
+        self.registry = Registry()
+        self.registry.register(self._families)
+        self.metrics_server: MetricsServer | None = None
+        self._state = "starting"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set (or a source fails), then shut down cleanly.
@@ -57,14 +71,48 @@ class Agent:
         config = self.config
         self._store = CheckpointStore(config.checkpoint_path)
         self._dlq = DeadLetterQueue(config.producer.dlq_dir)
+        failure: BaseException | None = None
         try:
+            await self._start_metrics()
             await self._start()
+            self._state = "running"
             self.started.set()
             failure = await self._run_sources(stop)
         finally:
+            self._state = "stopping" if failure is None else "failed"
             await self._shutdown()
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
         if failure is not None:
             raise SourceFailedError(str(failure)) from failure
+
+    async def _start_metrics(self) -> None:
+        address = self.config.metrics.address
+        if address is not None:
+            host, port = parse_host_port(address, any_port=True)
+            self.metrics_server = MetricsServer(self.registry, host, port, self.health)
+            await self.metrics_server.start()
+
+    def _families(self) -> list[MetricFamily]:
+        sources = [(source.name, ctx.stats) for source, ctx in self.sources]
+        cores = [producer.core for producer in self.producers.values()]
+        return [
+            *process_families(self.started_at),
+            *source_families(sources),
+            *producer_families(cores, (name for name, _ in sources)),
+        ]
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the agent runs (for ``/health``), with each source's status."""
+        details: dict[str, Any] = {"status": self._state}
+        sources = {}
+        for source, _ in self.sources:
+            try:
+                sources[source.name] = source.status()
+            except Exception as exc:  # a status must never take the endpoint down
+                sources[source.name] = {"error": str(exc)}
+        details["sources"] = sources
+        return self._state == "running", details
 
     async def _start(self) -> None:
         config = self.config

@@ -100,4 +100,4 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.server_id is not None:
         source["server_id"] = args.server_id
-    return run_agent(single_source_agent(args, source), args.endpoint_url, "cdc")
+    return run_agent(single_source_agent(args, source), args, "cdc")

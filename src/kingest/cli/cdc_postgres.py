@@ -69,4 +69,4 @@ def run(args: argparse.Namespace) -> int:
             "recreate_dropped_slot": args.recreate_slot,
         },
     )
-    return run_agent(config, args.endpoint_url, "cdc")
+    return run_agent(config, args, "cdc")

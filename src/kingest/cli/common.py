@@ -46,6 +46,74 @@ def add_agent_arguments(
     )
     add_aws_arguments(parser)
     add_producer_arguments(parser)
+    add_observability_arguments(parser)
+
+
+def add_observability_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --metrics-address and the CloudWatch flags of the long-running commands."""
+    group = parser.add_argument_group("metrics")
+    group.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus) and /health here (port 0: any free port)",
+    )
+    group.add_argument(
+        "--cloudwatch-namespace",
+        metavar="NS",
+        help="publish RecordsProcessed, RecordsFailed, SuccessRate... to CloudWatch under NS",
+    )
+    group.add_argument(
+        "--cloudwatch-interval-s",
+        type=positive_float,
+        metavar="S",
+        help="seconds between CloudWatch publications (60)",
+    )
+    group.add_argument(
+        "--cloudwatch-emf",
+        metavar="PATH",
+        help="write the CloudWatch metrics as Embedded Metric Format JSON lines to PATH "
+        "('-': standard output) instead of calling PutMetricData",
+    )
+
+
+def with_observability(config: AgentConfig, args: argparse.Namespace) -> AgentConfig:
+    """The config with the metrics flags of :func:`add_observability_arguments` applied.
+
+    Raises:
+        ConfigError: a flag's value is invalid.
+    """
+    from pydantic import ValidationError
+
+    from kingest.agent.config import MetricsConfig
+
+    metrics = config.metrics.model_dump()
+    address = getattr(args, "metrics_address", None)
+    if address is not None:
+        metrics["address"] = address
+    namespace = getattr(args, "cloudwatch_namespace", None)
+    interval = getattr(args, "cloudwatch_interval_s", None)
+    emf = getattr(args, "cloudwatch_emf", None)
+    if namespace is not None or interval is not None or emf is not None:
+        cloudwatch = dict(metrics.get("cloudwatch") or {})
+        if namespace is not None:
+            cloudwatch["namespace"] = namespace
+        if interval is not None:
+            cloudwatch["interval_s"] = interval
+        if emf is not None:
+            cloudwatch["mode"] = "emf"
+            cloudwatch["emf_path"] = None if emf == "-" else emf
+        if "namespace" not in cloudwatch:
+            raise ConfigError("--cloudwatch-interval-s and --cloudwatch-emf need a namespace")
+        metrics["cloudwatch"] = cloudwatch
+    try:
+        checked = MetricsConfig.model_validate(metrics)
+    except ValidationError as exc:
+        problems = [
+            f"metrics.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise ConfigError("; ".join(problems)) from exc
+    return config.model_copy(update={"metrics": checked})
 
 
 def add_producer_arguments(parser: argparse.ArgumentParser) -> None:

@@ -65,4 +65,4 @@ def run(args: argparse.Namespace) -> int:
             "partition_key": args.partition_key,
         },
     )
-    return run_agent(config, args.endpoint_url, "http")
+    return run_agent(config, args, "http")

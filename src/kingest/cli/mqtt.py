@@ -88,4 +88,4 @@ def run(args: argparse.Namespace) -> int:
             "partition_key": args.partition_key,
         },
     )
-    return run_agent(config, args.endpoint_url, "mqtt")
+    return run_agent(config, args, "mqtt")

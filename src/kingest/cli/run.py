@@ -17,6 +17,7 @@ import orjson
 
 from kingest.agent.config import AgentConfig, load_config
 from kingest.agent.runner import Agent, SourceFailedError
+from kingest.cli.common import add_observability_arguments, with_observability
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -36,24 +37,31 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--check", action="store_true", help="validate the config, print it, and exit"
     )
+    add_observability_arguments(parser)
     parser.set_defaults(handler=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``kingest run``; see the module docstring."""
-    config = load_config(args.config)
+    config = with_observability(load_config(args.config), args)
     if args.check:
         # JSON mode: secrets print as "**********", never in clear.
         dumped = config.model_dump(mode="json", by_alias=True)
         print(orjson.dumps(dumped, option=orjson.OPT_INDENT_2).decode())
         return 0
-    return run_agent(config, args.endpoint_url, "run")
+    return run_agent(config, args, "run")
 
 
-def run_agent(config: AgentConfig, endpoint_url: str | None, command: str) -> int:
-    """Run an agent until SIGTERM/SIGINT; print its figures on stderr; return the exit status."""
-    agent = Agent(config, endpoint_url=endpoint_url)
+def run_agent(config: AgentConfig, args: argparse.Namespace, command: str) -> int:
+    """Run an agent until SIGTERM/SIGINT; print its figures on stderr; return the exit status.
+
+    Args:
+        config: the agent's config.
+        args: the command's arguments: ``--endpoint-url`` and the metrics flags apply.
+        command: the command's name, for messages.
+    """
+    agent = Agent(with_observability(config, args), endpoint_url=args.endpoint_url)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -66,4 +66,4 @@ def run(args: argparse.Namespace) -> int:
             "partition_key": args.partition_key,
         },
     )
-    return run_agent(config, args.endpoint_url, "tail")
+    return run_agent(config, args, "tail")

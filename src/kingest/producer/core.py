@@ -90,7 +90,7 @@ class ProducerCore:
         self.config = config
         self.transport = transport
         self.dlq = dlq
-        self.stats = ProducerStats()
+        self.stats = ProducerStats(config.record_ttl_ms / 1000)
         self.gate = BufferGate(config.max_buffer_records, config.max_buffer_bytes)
         self.outcomes = Outcomes(stream, dlq, self.stats, self.gate)
         self.info: StreamInfo | None = None

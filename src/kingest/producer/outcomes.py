@@ -64,6 +64,7 @@ class Outcomes:
         source: str | None = None,
         user_bytes: int = 0,
         in_order: bool = False,
+        now: float | None = None,
     ) -> None:
         """Resolve records Kinesis accepted, count them per source into the two dicts, and
         release their buffer room: this runs for every record sent, so the usual entry (records
@@ -73,8 +74,11 @@ class Outcomes:
         simply 0, 1, 2... (some of an aggregate's records were sent again). ``source``, when
         given, is the source of every record and ``user_bytes`` the sum of their sizes.
         ``in_order``: the records were taken from one shard's queue of new records, in the
-        order they were admitted, so their flush generations never decrease.
+        order they were admitted, so their flush generations never decrease. ``now``: when
+        the answer arrived (``time.monotonic()``), for the put-to-acceptance latency.
         """
+        if now is None:
+            now = time.monotonic()
         delivery = Delivery(shard_id, sequence, aggregated)
         pending = PENDING
         skipped = 0
@@ -89,9 +93,15 @@ class Outcomes:
             else:
                 skipped += 1  # done already (and so released then): not counted again
         if skipped or source is None or not in_order:
-            self._count_done([r for r in records if r._result is delivery], sources, sizes)
+            self._count_done([r for r in records if r._result is delivery], sources, sizes, now)
             return
         count = len(records)
+        deadline = records[0].deadline
+        if records[-1].deadline == deadline:
+            # Deadlines never decrease along the records: equal ends mean one put for all.
+            self.stats.accepted_after(source, deadline, now, count)
+        else:
+            self._observe_latency(records, now)
         # Every record here was admitted (nothing reaches a shard queue otherwise), so each
         # holds buffer room until this, its one ending.
         sources[source] = sources.get(source, 0) + count
@@ -113,10 +123,21 @@ class Outcomes:
         if self.done_event is not None:
             self.done_event.set()
 
+    def _observe_latency(self, records: list[Pending], now: float) -> None:
+        """Observe put-to-acceptance latencies, once per run of records put together."""
+        runs: Counter[tuple[str, float]] = Counter()
+        for record in records:
+            runs[record.source, record.deadline] += 1
+        accepted_after = self.stats.accepted_after
+        for (source, deadline), count in runs.items():
+            accepted_after(source, deadline, now, count)
+
     def _count_done(
-        self, records: list[Pending], sources: dict[str, int], sizes: dict[str, int]
+        self, records: list[Pending], sources: dict[str, int], sizes: dict[str, int], now: float
     ) -> None:
         """Count records just delivered per source, and release the room of those holding it."""
+        if records:
+            self._observe_latency(records, now)
         undone = self.undone
         held_records = 0
         held_bytes = 0

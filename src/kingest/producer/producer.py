@@ -15,6 +15,8 @@ from typing import Any
 from kingest.config import ProducerConfig
 from kingest.dlq import DeadLetterQueue
 from kingest.errors import ConfigError
+from kingest.metrics.events import producer_families
+from kingest.metrics.registry import MetricFamily
 from kingest.producer.core import NoRoom, ProducerCore
 from kingest.producer.outcomes import DeliveryMark
 from kingest.producer.transport import KinesisTransport
@@ -212,6 +214,12 @@ class Producer:
         return self._core.snapshot()
 
     get_stats = stats
+
+    def metrics(self) -> list[MetricFamily]:
+        """The producer's metrics, as Prometheus-style families (see
+        :mod:`kingest.metrics.events`; render them with
+        :func:`kingest.metrics.prometheus.render`)."""
+        return producer_families([self._core])
 
     def __enter__(self) -> Producer:
         return self
@@ -424,6 +432,15 @@ class AsyncProducer:
         return self._core.snapshot()
 
     get_stats = stats
+
+    def metrics(self) -> list[MetricFamily]:
+        """The producer's metrics (see :meth:`Producer.metrics`)."""
+        return producer_families([self._core])
+
+    @property
+    def core(self) -> ProducerCore:
+        """The producer's engine, whose live statistics the metrics read."""
+        return self._core
 
     async def __aenter__(self) -> AsyncProducer:
         await self.start()

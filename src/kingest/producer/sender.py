@@ -149,6 +149,8 @@ class Sender:
         final: list[tuple[KinesisEntry, str, str | None]] = []
         sources: dict[str, int] = {}
         sizes: dict[str, int] = {}
+        shards: dict[str, tuple[int, int]] = {}
+        per_entry: list[int] = []
         delivered_entries = 0
         for entry, result in zip(entries, results, strict=True):
             code = result.get("ErrorCode")
@@ -174,10 +176,19 @@ class Sender:
                 source=entry.source,
                 user_bytes=entry.user_bytes,
                 in_order=entry.in_order,
+                now=now,
             )
             delivered_entries += 1
+            carried = len(entry.records)
+            per_entry.append(carried)
+            records, size = shards.get(shard_id, (0, 0))
+            shards[shard_id] = (
+                records + carried,
+                size + len(entry.data) + len(entry.partition_key),
+            )
         if delivered_entries:
-            self.stats.delivered(sources, sizes, delivered_entries)
+            self.stats.delivered(sources, sizes, delivered_entries, shards)
+            self.stats.records_per_kinesis_record.observe_many(per_entry)
         for code, group in failed.items():
             _count_attempt(group, sent_at)
             self._retry(group, code, now)

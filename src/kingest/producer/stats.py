@@ -2,6 +2,8 @@
 
 A record counts as ``sent`` only once Kinesis accepted it and as ``failed`` only once it is in
 the dead-letter queue; a retried record is counted in ``retried`` and is neither until it ends.
+These are the live values behind the producer's metrics (:mod:`kingest.metrics.events` turns
+them into metric families when somebody asks).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from kingest.metrics.registry import PER_RECORD_BUCKETS, Histogram
 
 
 @dataclass(slots=True)
@@ -24,6 +28,9 @@ class SourceStats:
     retried: int = 0
     bytes_sent: int = 0
     dead_lettered_by_reason: Counter[str] = field(default_factory=Counter)
+    retried_by_code: Counter[str] = field(default_factory=Counter)
+    # Seconds from put() to Kinesis accepting the record.
+    latency: Histogram = field(default_factory=Histogram)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
@@ -34,20 +41,31 @@ class SourceStats:
             "retried": self.retried,
             "bytes_sent": self.bytes_sent,
             "dead_lettered_by_reason": dict(self.dead_lettered_by_reason),
+            "retried_by_error_code": dict(self.retried_by_code),
         }
 
 
 class ProducerStats:
-    """Thread-safe counters of a producer, per source and in total."""
+    """Thread-safe counters of a producer, per source and in total.
 
-    def __init__(self) -> None:
+    Args:
+        ttl_s: the records' time-to-live, from which a record's put time is known again
+            (its deadline minus the time-to-live) without storing it.
+    """
+
+    def __init__(self, ttl_s: float = 0.0) -> None:
         self._lock = threading.Lock()
         self.started_at = time.monotonic()
+        self.ttl_s = ttl_s
         self.by_source: dict[str, SourceStats] = {}
         self.requests = 0
         self.failed_requests = 0
         self.kinesis_records = 0
         self.retried_by_code: Counter[str] = Counter()
+        # User records and bytes accepted per shard: where the stream's load lands.
+        self.shard_records: Counter[str] = Counter()
+        self.shard_bytes: Counter[str] = Counter()
+        self.records_per_kinesis_record = Histogram(PER_RECORD_BUCKETS)
 
     def _source(self, name: str) -> SourceStats:
         stats = self.by_source.get(name)
@@ -62,15 +80,45 @@ class ProducerStats:
                 self._source(name).received += n
 
     def delivered(
-        self, counts: Mapping[str, int], sizes: Mapping[str, int], kinesis_records: int
+        self,
+        counts: Mapping[str, int],
+        sizes: Mapping[str, int],
+        kinesis_records: int,
+        shards: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
-        """Count records Kinesis accepted, per source, and the Kinesis records carrying them."""
+        """Count records Kinesis accepted, per source, and the Kinesis records carrying them.
+
+        Args:
+            counts: user records accepted, per source.
+            sizes: their bytes, per source.
+            kinesis_records: the Kinesis records that carried them.
+            shards: user records and bytes accepted per shard id.
+        """
         with self._lock:
             self.kinesis_records += kinesis_records
             for name, n in counts.items():
                 source = self._source(name)
                 source.sent += n
                 source.bytes_sent += sizes.get(name, 0)
+            if shards:
+                for shard_id, (records, size) in shards.items():
+                    self.shard_records[shard_id] += records
+                    self.shard_bytes[shard_id] += size
+
+    def accepted_after(self, source: str, deadline: float, now: float, count: int) -> None:
+        """Observe the put-to-acceptance latency of ``count`` records put at once.
+
+        Args:
+            source: their source.
+            deadline: their time-to-live deadline (``time.monotonic()`` based).
+            now: when Kinesis accepted them, on the same clock.
+            count: how many records.
+        """
+        stats = self.by_source.get(source)
+        if stats is None:
+            with self._lock:
+                stats = self._source(source)
+        stats.latency.observe(now - (deadline - self.ttl_s), count)
 
     def dead_lettered(self, counts: Mapping[str, int], reason: str) -> None:
         """Count records written to the dead-letter queue, per source."""
@@ -85,7 +133,9 @@ class ProducerStats:
         with self._lock:
             self.retried_by_code[code] += sum(counts.values())
             for name, n in counts.items():
-                self._source(name).retried += n
+                source = self._source(name)
+                source.retried += n
+                source.retried_by_code[code] += n
 
     def request(self, ok: bool) -> None:
         """Count one PutRecords request (ok: the service answered it, even partly failed)."""
