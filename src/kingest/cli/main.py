@@ -17,7 +17,7 @@ from kingest.runtime import tune_for_throughput
 # `handler` default is a function taking the parsed arguments and returning an exit status.
 COMMANDS = (
     "send", "read", "local", "dlq", "bench", "demo", "parse", "run", "tail", "cdc", "mqtt", "http",
-    "simulate", "schema",
+    "simulate", "schema", "top",
 )  # fmt: skip
 
 
