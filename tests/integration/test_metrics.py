@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from kingest.metrics.prometheus import render
 from kingest.metrics.registry import MetricFamily
 from kingest.producer.producer import Producer
 from kingest.record import DlqReason
-from tests.agents import InProcessAgent
+from tests.agents import AgentProcess, InProcessAgent
 from tests.faultproxy import FaultPlan, FaultProxy
 from tests.helpers import ids_read, make_payload, read_stream, wait_until
 
@@ -228,3 +229,64 @@ def test_a_taken_metrics_address_stops_the_agent_with_a_clear_error(
         running = InProcessAgent(config, endpoint_url)
         with pytest.raises(Exception, match=re.escape(f"cannot serve metrics on 127.0.0.1:{port}")):
             running.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_tail_serves_metrics_and_logs_json(
+    agents: Callable[[list[str], Path], AgentProcess],
+    endpoint_url: str,
+    stream_factory: Any,
+    tmp_path: Path,
+) -> None:
+    stream = stream_factory(shards=1)
+    log = tmp_path / "access.log"
+    log.write_text(
+        "".join(
+            f'10.0.0.1 - - [26/May/2024:10:30:00 +0000] "GET /{i} HTTP/1.1" 200 1\n'
+            for i in range(25)
+        )
+    )
+    port = free_port()
+    agent = agents(
+        [
+            "--log-style",
+            "json",
+            "--log-level",
+            "INFO",
+            "tail",
+            "--path",
+            str(log),
+            "--format",
+            "common",
+            "--from",
+            "beginning",
+            "--stream",
+            stream,
+            "--endpoint-url",
+            endpoint_url,
+            "--metrics-address",
+            f"127.0.0.1:{port}",
+        ],
+        tmp_path,
+    )
+
+    def accepted() -> float | None:
+        try:
+            return scrape(port).get('kingest_producer_accepted_records_total{source="web_logs"}')
+        except OSError:
+            return None
+
+    wait_until(lambda: accepted() == 25 or agent.process.poll() is not None, 60, "25 accepted")
+    assert agent.stop() == 0, agent.stderr
+    documents = [json.loads(line) for line in agent.stderr.splitlines() if line.startswith("{")]
+    running = [d for d in documents if d["message"] == "The agent is running."]
+    assert running and running[0]["sources"] == ["web_logs"], agent.stderr
+    assert all({"ts", "level", "logger", "message"} <= set(d) for d in documents)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from kingest import __version__
+from kingest import __version__, logs
 from kingest.errors import KingestError
+from kingest.logs import LOG_STYLES
 from kingest.runtime import tune_for_throughput
 
 # One module per command; each has register(subparsers) -> the parser it added, whose
@@ -38,6 +38,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="log level on standard error (default: WARNING)",
     )
+    parser.add_argument(
+        "--log-style",
+        default=os.environ.get("KINGEST_LOG_STYLE", "human"),
+        choices=LOG_STYLES,
+        help="log lines for people, or JSON objects for log shippers "
+        "(default: human, or KINGEST_LOG_STYLE)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         if only is not None and name != only:
@@ -58,10 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _command_in(arguments)
     parser = build_parser(only=command if command in COMMANDS else None)
     args = parser.parse_args(arguments)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level, args.log_style)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
@@ -87,7 +91,7 @@ def _command_in(arguments: list[str]) -> str | None:
     """The subcommand named in the arguments, if any (the first word not an option)."""
     words = iter(arguments)
     for word in words:
-        if word == "--log-level":
+        if word in ("--log-level", "--log-style"):
             next(words, None)
         elif not word.startswith("-"):
             return word
