@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import bisect
 import enum
+import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 # Seconds, for latencies from a millisecond to two minutes (a record's default time-to-live
 # is far above that, but a record that slow is an incident, not a distribution).
@@ -148,6 +150,34 @@ class Histogram:
                 counts[bisect.bisect_left(bounds, value)] += 1
                 self.sum += value
                 self.count += 1
+
+    def observe_before(
+        self, items: Sequence[Any], key: Callable[[Any], float], origin: float
+    ) -> None:
+        """Observe ``origin - key(item)`` for each item, the items sorted by ``key``.
+
+        The values fall as the items go on, so each bucket's count is found by a binary search
+        over the items: a few dozen comparisons for a batch of thousands, instead of one
+        bucket lookup per item.
+        """
+        count = len(items)
+        if not count:
+            return
+        per_bucket = []
+        below = 0  # items whose value is at most the current bound
+        for bound in self.bounds:
+            # value <= bound  <=>  key(item) >= origin - bound
+            within = count - bisect.bisect_left(items, origin - bound, key=key)
+            per_bucket.append(within - below)
+            below = within
+        total = count * origin - math.fsum(map(key, items))
+        counts = self._counts
+        with self._lock:
+            for index, n in enumerate(per_bucket):
+                counts[index] += n
+            counts[-1] += count - below
+            self.sum += total
+            self.count += count
 
     def snapshot(self) -> HistogramSnapshot:
         """The counts now (per bucket, without the overflow slot)."""

@@ -24,6 +24,7 @@ from kingest.record import PENDING, Delivery, DlqReason, Outcome, RecordResult
 log = logging.getLogger(__name__)
 
 _generation_of = attrgetter("generation")
+_deadline_of = attrgetter("deadline")
 
 
 class Outcomes:
@@ -96,12 +97,8 @@ class Outcomes:
             self._count_done([r for r in records if r._result is delivery], sources, sizes, now)
             return
         count = len(records)
-        deadline = records[0].deadline
-        if records[-1].deadline == deadline:
-            # Deadlines never decrease along the records: equal ends mean one put for all.
-            self.stats.accepted_after(source, deadline, now, count)
-        else:
-            self._observe_latency(records, now)
+        # Taken in the order they were put: their deadlines never decrease.
+        self.stats.accepted(source, records, now)
         # Every record here was admitted (nothing reaches a shard queue otherwise), so each
         # holds buffer room until this, its one ending.
         sources[source] = sources.get(source, 0) + count
@@ -124,13 +121,17 @@ class Outcomes:
             self.done_event.set()
 
     def _observe_latency(self, records: list[Pending], now: float) -> None:
-        """Observe put-to-acceptance latencies, once per run of records put together."""
-        runs: Counter[tuple[str, float]] = Counter()
+        """Observe put-to-acceptance latencies of records in any order, of any sources."""
+        by_source: dict[str, list[Pending]] = {}
         for record in records:
-            runs[record.source, record.deadline] += 1
-        accepted_after = self.stats.accepted_after
-        for (source, deadline), count in runs.items():
-            accepted_after(source, deadline, now, count)
+            group = by_source.get(record.source)
+            if group is None:
+                by_source[record.source] = [record]
+            else:
+                group.append(record)
+        for source, group in by_source.items():
+            group.sort(key=_deadline_of)
+            self.stats.accepted(source, group, now)
 
     def _count_done(
         self, records: list[Pending], sources: dict[str, int], sizes: dict[str, int], now: float

@@ -11,11 +11,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 from kingest.metrics.registry import PER_RECORD_BUCKETS, Histogram
+
+if TYPE_CHECKING:
+    from kingest.producer.batch import Pending
+
+_deadline_of = attrgetter("deadline")
 
 
 @dataclass(slots=True)
@@ -105,20 +111,22 @@ class ProducerStats:
                     self.shard_records[shard_id] += records
                     self.shard_bytes[shard_id] += size
 
-    def accepted_after(self, source: str, deadline: float, now: float, count: int) -> None:
-        """Observe the put-to-acceptance latency of ``count`` records put at once.
+    def accepted(self, source: str, records: Sequence[Pending], now: float) -> None:
+        """Observe the put-to-acceptance latency of records of one source.
+
+        A record's put time is its time-to-live deadline minus the time-to-live, so nothing is
+        stored per record for this.
 
         Args:
             source: their source.
-            deadline: their time-to-live deadline (``time.monotonic()`` based).
-            now: when Kinesis accepted them, on the same clock.
-            count: how many records.
+            records: the records, sorted by deadline (the order they were put in).
+            now: when Kinesis accepted them (``time.monotonic()``, the deadlines' clock).
         """
         stats = self.by_source.get(source)
         if stats is None:
             with self._lock:
                 stats = self._source(source)
-        stats.latency.observe(now - (deadline - self.ttl_s), count)
+        stats.latency.observe_before(records, _deadline_of, now + self.ttl_s)
 
     def dead_lettered(self, counts: Mapping[str, int], reason: str) -> None:
         """Count records written to the dead-letter queue, per source."""
