@@ -4,11 +4,14 @@
 
     KingestError                      root; ``retriable`` and ``code`` on every class
     ├── ConfigError                   a setting or argument that cannot work
+    │   └── SchemaLoadError           a JSON Schema that cannot be loaded, compiled or found
     ├── CredentialsError              no usable AWS credentials or region
     ├── ProducerClosedError           put() after close()
     ├── BufferFullError               put() could not get buffer space in time
     ├── AggregationFormatError        starts with the KPL magic but is not a valid aggregate
     ├── CheckpointError               the checkpoint store cannot be opened, read or written
+    ├── ScrapeError                   a metrics endpoint cannot be read (``kingest top``)
+    │   └── ExpositionError           its answer is not Prometheus text
     ├── SourceError                   a source's server refused us or cannot be reached
     │   └── CaptureError              a database cannot be captured: settings, privileges, a
     │                                 dropped slot, a purged log (retriable: connection lost)

@@ -1,0 +1,703 @@
+"""What ``kingest top`` shows: two scrapes of an agent made into one screen of text.
+
+:func:`build_view` turns the latest scrape and the one before it into a :class:`View`: rates
+per second over the time between them, per-source rows and their totals, the buffer, retries
+and dead letters broken down, shard heat and aggregation. :func:`render` lays a view out as
+lines of plain text (styled only when asked). :class:`Monitor` does the scraping and keeps the
+previous scrape, so a loop of ``monitor.refresh()`` and ``render()`` is the whole command.
+
+The agent may not serve every family (a source that has not started, an older agent): a
+missing family shows as ``-``, a present family without samples as zero. Families this view
+does not know are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from kingest.metrics.registry import MetricFamily
+from kingest.metrics.scrape import ScrapeError, fetch
+
+__all__ = [
+    "Count",
+    "Monitor",
+    "Scrape",
+    "ShardRow",
+    "SourceRow",
+    "View",
+    "build_view",
+    "histogram_quantile",
+    "human",
+    "render",
+]
+
+# The families read, as the agent names them (metrics/events.py emits them).
+RECEIVED = "kingest_source_received_records_total"  # {source}
+INVALID = "kingest_source_invalid_records_total"  # {source, reason}
+LATENCY = "kingest_source_delivery_latency_seconds"  # histogram {source}
+ACCEPTED = "kingest_producer_accepted_records_total"  # {source}
+RETRIED = "kingest_producer_retried_records_total"  # {source, error_code}
+THROTTLED = "kingest_producer_throttled_records_total"  # {source}
+DLQ = "kingest_dlq_records_total"  # {source, reason}
+BUFFERED_RECORDS = "kingest_producer_buffered_records"
+BUFFERED_BYTES = "kingest_producer_buffered_bytes"
+BUFFER_FILL = "kingest_producer_buffer_fill_ratio"
+SHARD_RECORDS = "kingest_producer_shard_records_total"  # {stream, shard}
+PER_KINESIS_RECORD = "kingest_producer_user_records_per_kinesis_record"  # histogram
+# Uptime: the agent's gauge, else the age of a start time (the agent's, or the standard one of
+# the Prometheus clients).
+UPTIME = "kingest_agent_uptime_seconds"
+START_TIMES = ("kingest_agent_start_time_seconds", "process_start_time_seconds")
+
+SHARDS_SHOWN = 10
+BAR_WIDTH = 20
+_NUMBER_WIDTH = 7
+_NAME_WIDTH = (6, 24)  # narrowest and widest name column
+_COLUMNS = ("RECV/S", "RECV", "ACC/S", "ACC", "RETRY", "THROTL", "DLQ", "INVAL", "P50", "P99")
+_STYLES = {"header": "\x1b[7m", "title": "\x1b[1m", "error": "\x1b[31;1m"}
+_RESET = "\x1b[0m"
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+Buckets = dict[float, float]  # upper bound ("le") -> cumulative count
+
+
+@dataclass(frozen=True, slots=True)
+class Scrape:
+    """The families of one scrape, by name, and when it was taken."""
+
+    families: Mapping[str, MetricFamily]
+    monotonic_s: float
+    wall_s: float
+
+    @classmethod
+    def of(
+        cls,
+        families: Iterable[MetricFamily],
+        monotonic_s: float | None = None,
+        wall_s: float | None = None,
+    ) -> Scrape:
+        """A scrape of these families, taken now unless the times are given."""
+        return cls(
+            {family.name: family for family in families},
+            time.monotonic() if monotonic_s is None else monotonic_s,
+            time.time() if wall_s is None else wall_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """A counter: its value, and its rate over the interval (None on the first scrape)."""
+
+    total: float
+    rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """One source's line (or the totals line); None where the agent has no such family."""
+
+    name: str
+    received: Count | None
+    accepted: Count | None
+    retried: float | None
+    throttled: float | None
+    dlq: float | None
+    invalid: float | None
+    p50_s: float | None
+    p99_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRow:
+    """One shard's records: total, per second, and its share of its stream's records (over
+    the interval when the stream had any, else over all time)."""
+
+    stream: str
+    shard: str
+    total: float
+    rate: float | None
+    share: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """Everything one frame shows. ``error`` set and nothing else: the scrape failed."""
+
+    address: str
+    wall_s: float
+    error: str | None = None
+    interval_s: float | None = None
+    uptime_s: float | None = None
+    sources: tuple[SourceRow, ...] = ()
+    total: SourceRow | None = None
+    buffered_records: float | None = None
+    buffered_bytes: float | None = None
+    buffer_fill_ratio: float | None = None
+    records_per_kinesis_record: float | None = None
+    retries_by_code: tuple[tuple[str, Count], ...] | None = None
+    dlq_by_reason: tuple[tuple[str, Count], ...] | None = None
+    shards: tuple[ShardRow, ...] | None = None
+    shard_count: int = 0
+
+
+class Monitor:
+    """Scrapes one endpoint and makes each scrape, with the one before it, into a view.
+
+    Args:
+        url: the metrics URL.
+        timeout_s: the longest wait for one scrape.
+        fetcher: the scrape function (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 5.0,
+        fetcher: Callable[[str, float], list[MetricFamily]] = fetch,
+    ) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._fetch = fetcher
+        self._previous: Scrape | None = None
+
+    def refresh(self) -> View:
+        """Scrape now.
+
+        Returns:
+            The view of this scrape against the last good one; when this one failed, a view
+            whose ``error`` says why (the last good scrape stays the base of the next rates).
+        """
+        try:
+            current = Scrape.of(self._fetch(self.url, self.timeout_s))
+        except ScrapeError as exc:
+            return View(self.url, time.time(), error=str(exc))
+        view = build_view(self.url, current, self._previous)
+        self._previous = current
+        return view
+
+
+def build_view(address: str, current: Scrape, previous: Scrape | None = None) -> View:
+    """Compute a frame from a scrape and, for rates, the one before it.
+
+    Args:
+        address: what the header names (the URL scraped).
+        current: the latest scrape.
+        previous: an earlier scrape of the same agent; None gives no rates.
+
+    Returns:
+        The view. A counter that fell between the scrapes (the agent restarted) counts from
+        zero, as Prometheus's ``rate()`` does.
+    """
+    seconds = None
+    if previous is not None and current.monotonic_s > previous.monotonic_s:
+        seconds = current.monotonic_s - previous.monotonic_s
+    else:
+        previous = None
+
+    def counts(name: str, *labels: str) -> dict[tuple[str, ...], Count] | None:
+        return _counts(name, labels, current, previous, seconds)
+
+    received = counts(RECEIVED, "source")
+    accepted = counts(ACCEPTED, "source")
+    retried, throttled, dlq, invalid = (
+        _totals(current.families.get(name), "source") for name in (RETRIED, THROTTLED, DLQ, INVALID)
+    )
+    latency = _histograms(current.families.get(LATENCY), "source")
+    latency_before = _histograms(previous.families.get(LATENCY), "source") if previous else None
+    names: set[str] = set()
+    for counted in (received, accepted):
+        names.update(key[0] for key in counted or ())
+    for table in (retried, throttled, dlq, invalid, latency):
+        names.update(table or ())
+
+    rows = []
+    for name in sorted(names):
+        window = None
+        if latency is not None and name in latency:
+            window = _window(latency[name], (latency_before or {}).get(name))
+        rows.append(
+            SourceRow(
+                name=name,
+                received=_pick(received, (name,)),
+                accepted=_pick(accepted, (name,)),
+                retried=_total_of(retried, name),
+                throttled=_total_of(throttled, name),
+                dlq=_total_of(dlq, name),
+                invalid=_total_of(invalid, name),
+                p50_s=histogram_quantile(0.5, window) if window else None,
+                p99_s=histogram_quantile(0.99, window) if window else None,
+            )
+        )
+
+    all_latency = _histograms(current.families.get(LATENCY), None)
+    all_before = _histograms(previous.families.get(LATENCY), None) if previous else None
+    total_window = None
+    if all_latency is not None:
+        total_window = _window(all_latency.get("", {}), (all_before or {}).get(""))
+    total = SourceRow(
+        name="TOTAL",
+        received=_sum_counts(received),
+        accepted=_sum_counts(accepted),
+        retried=_sum(retried),
+        throttled=_sum(throttled),
+        dlq=_sum(dlq),
+        invalid=_sum(invalid),
+        p50_s=histogram_quantile(0.5, total_window) if total_window else None,
+        p99_s=histogram_quantile(0.99, total_window) if total_window else None,
+    )
+
+    shards, shard_count = _shard_heat(counts(SHARD_RECORDS, "stream", "shard"))
+    return View(
+        address=address,
+        wall_s=current.wall_s,
+        interval_s=seconds,
+        uptime_s=_uptime(current),
+        sources=tuple(rows),
+        total=total,
+        buffered_records=_gauge(current, BUFFERED_RECORDS),
+        buffered_bytes=_gauge(current, BUFFERED_BYTES),
+        buffer_fill_ratio=_gauge(current, BUFFER_FILL),
+        records_per_kinesis_record=_mean(current, previous, PER_KINESIS_RECORD),
+        retries_by_code=_breakdown(counts(RETRIED, "error_code")),
+        dlq_by_reason=_breakdown(counts(DLQ, "reason")),
+        shards=shards,
+        shard_count=shard_count,
+    )
+
+
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """The q-quantile of a histogram, interpolated within its bucket like Prometheus's
+    ``histogram_quantile`` (promql/quantile.go ``bucketQuantile``).
+
+    Args:
+        q: the quantile, 0 to 1.
+        buckets: cumulative counts by upper bound, ``+Inf`` among them.
+
+    Returns:
+        The estimate; the highest finite bound when it falls in the ``+Inf`` bucket; None
+        when there is no ``+Inf`` bucket, fewer than two buckets, or no observation.
+
+    Raises:
+        ValueError: q outside 0..1.
+    """
+    if not 0 <= q <= 1:
+        raise ValueError(f"a quantile is between 0 and 1, not {q}")
+    points = sorted(buckets.items())
+    if len(points) < 2 or points[-1][0] != math.inf:
+        return None
+    # Counts scraped from several series at slightly different moments can fall by a little
+    # from one bucket to the next; Prometheus forces them monotonic, and so do we.
+    bounds = [bound for bound, _ in points]
+    cumulative = []
+    highest = 0.0
+    for _, count in points:
+        highest = max(highest, count)
+        cumulative.append(highest)
+    observations = cumulative[-1]
+    if observations <= 0:
+        return None
+    rank = q * observations
+    b = next((i for i, c in enumerate(cumulative[:-1]) if c >= rank), len(points) - 1)
+    if b == len(points) - 1:
+        return bounds[-2]
+    if b == 0 and bounds[0] <= 0:
+        return bounds[0]
+    start = bounds[b - 1] if b > 0 else 0.0
+    below = cumulative[b - 1] if b > 0 else 0.0
+    in_bucket = cumulative[b] - below
+    if in_bucket <= 0:
+        return start
+    return start + (bounds[b] - start) * ((rank - below) / in_bucket)
+
+
+def render(
+    view: View,
+    width: int = 100,
+    height: int | None = None,
+    *,
+    color: bool = False,
+    unicode: bool = True,
+    hint: str = "",
+) -> list[str]:
+    """Lay a view out as lines of text.
+
+    Args:
+        view: the frame's content.
+        width: columns; longer lines are cut.
+        height: rows; later lines are dropped (None: all).
+        color: wrap headings and errors in ANSI styles.
+        unicode: draw shard bars with block characters (else ``#``).
+        hint: shown at the right of the header (the keys, in the live view).
+
+    Returns:
+        The lines, without line ends.
+    """
+    lines: list[tuple[str, str]] = []  # (style, text)
+
+    def out(text: str = "", style: str = "") -> None:
+        lines.append((style, text))
+
+    header = ["kingest top", view.address]
+    if view.uptime_s is not None:
+        header.append(f"up {_duration(view.uptime_s)}")
+    header.append(time.strftime("%H:%M:%S", time.localtime(view.wall_s)))
+    if view.interval_s is not None:
+        header.append(f"rates over {view.interval_s:.1f}s")
+    text = "  ".join(header)
+    if hint:
+        text = text + " " * max(2, width - len(text) - len(hint)) + hint
+    out(text, "header")
+    out()
+    if view.error is not None:
+        out(view.error, "error")
+        return _finish(lines, width, height, color)
+
+    _sources_table(view, out)
+    out()
+    out(
+        "BUFFER       "
+        + "   ".join(
+            (
+                f"{human(view.buffered_records)} records",
+                _bytes(view.buffered_bytes),
+                f"{_percent(view.buffer_fill_ratio)} full",
+            )
+        ),
+        "title",
+    )
+    mean = view.records_per_kinesis_record
+    shown = "-" if mean is None else f"{mean:.1f}" if mean < 1000 else human(mean)
+    out(f"AGGREGATION  {shown} user records per Kinesis record", "title")
+    _breakdown_table("RETRIES BY ERROR CODE", view.retries_by_code, out)
+    _breakdown_table("DLQ BY REASON", view.dlq_by_reason, out)
+    _shard_table(view, out, unicode)
+    return _finish(lines, width, height, color)
+
+
+def human(value: float | None) -> str:
+    """A number in at most six characters: ``950``, ``0.25``, ``12.5``, ``1.2k``, ``34M``.
+
+    Returns:
+        The text; ``-`` for None or NaN.
+    """
+    if value is None or math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    magnitude = abs(value)
+    if magnitude < 999.95:
+        if value == int(value):
+            return str(int(value))
+        return f"{value:.2g}" if magnitude < 1 else f"{value:.1f}"
+    for unit in "kMGTP":
+        value /= 1000
+        magnitude /= 1000
+        if magnitude < 999.5 or unit == "P":
+            return f"{value:.1f}{unit}" if magnitude < 99.95 else f"{value:.0f}{unit}"
+    raise AssertionError("unreachable")
+
+
+def _counts(
+    name: str,
+    labels: Sequence[str],
+    current: Scrape,
+    previous: Scrape | None,
+    seconds: float | None,
+) -> dict[tuple[str, ...], Count] | None:
+    """A counter family's series grouped by ``labels``, each with its rate."""
+    now = _sums(current.families.get(name), labels)
+    if now is None:
+        return None
+    before = _sums(previous.families.get(name), labels) if previous is not None else None
+    result = {}
+    for key, total in now.items():
+        rate = None
+        if seconds is not None:
+            delta = total - (before or {}).get(key, 0.0)
+            if delta < 0:
+                delta = total  # the counter restarted from zero
+            rate = delta / seconds
+        result[key] = Count(total, rate)
+    return result
+
+
+def _sums(
+    family: MetricFamily | None, labels: Sequence[str]
+) -> dict[tuple[str, ...], float] | None:
+    """The family's own samples summed by the values of ``labels`` ("" where one is absent)."""
+    if family is None:
+        return None
+    sums: dict[tuple[str, ...], float] = {}
+    for sample in family.samples:
+        if sample.name != family.name or math.isnan(sample.value):
+            continue
+        key = tuple(sample.label(label) or "" for label in labels)
+        sums[key] = sums.get(key, 0.0) + sample.value
+    return sums
+
+
+def _totals(family: MetricFamily | None, label: str) -> dict[str, float] | None:
+    sums = _sums(family, (label,))
+    return None if sums is None else {key[0]: value for key, value in sums.items()}
+
+
+def _total_of(table: dict[str, float] | None, name: str) -> float | None:
+    return None if table is None else table.get(name, 0.0)
+
+
+def _pick(table: dict[tuple[str, ...], Count] | None, key: tuple[str, ...]) -> Count | None:
+    if table is None:
+        return None
+    return table.get(key, Count(0.0, None if _no_rates(table) else 0.0))
+
+
+def _no_rates(table: dict[tuple[str, ...], Count]) -> bool:
+    return any(count.rate is None for count in table.values())
+
+
+def _sum(table: dict[str, float] | None) -> float | None:
+    return None if table is None else sum(table.values())
+
+
+def _sum_counts(table: dict[tuple[str, ...], Count] | None) -> Count | None:
+    if table is None:
+        return None
+    rates = [count.rate for count in table.values()]
+    rate = None if any(r is None for r in rates) else sum(r or 0.0 for r in rates)
+    return Count(sum(count.total for count in table.values()), rate)
+
+
+def _breakdown(
+    table: dict[tuple[str, ...], Count] | None,
+) -> tuple[tuple[str, Count], ...] | None:
+    if table is None:
+        return None
+    rows = [(key[0], count) for key, count in table.items()]
+    return tuple(sorted(rows, key=lambda row: (-row[1].total, row[0])))
+
+
+def _histograms(family: MetricFamily | None, label: str | None) -> dict[str, Buckets] | None:
+    """A histogram family's buckets per value of ``label`` (all under "" when None), summed
+    over its other labels."""
+    if family is None:
+        return None
+    bucket_name = family.name + "_bucket"
+    result: dict[str, Buckets] = {}
+    for sample in family.samples:
+        if sample.name != bucket_name:
+            continue
+        try:
+            bound = float(sample.label("le") or "")
+        except ValueError:
+            continue
+        key = (sample.label(label) or "") if label is not None else ""
+        buckets = result.setdefault(key, {})
+        buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return result
+
+
+def _window(current: Buckets, previous: Buckets | None) -> Buckets:
+    """The observations made since ``previous``, or all of them when there were none since
+    (or the histogram restarted)."""
+    if previous is None:
+        return current
+    delta = {bound: count - previous.get(bound, 0.0) for bound, count in current.items()}
+    if any(count < 0 for count in delta.values()) or delta.get(math.inf, 0.0) <= 0:
+        return current
+    return delta
+
+
+def _mean(current: Scrape, previous: Scrape | None, name: str) -> float | None:
+    """A histogram's mean observation over the interval, else over all time."""
+
+    def sum_count(scrape: Scrape | None) -> tuple[float, float]:
+        family = scrape.families.get(name) if scrape is not None else None
+        if family is None:
+            return 0.0, 0.0
+        total = sum(s.value for s in family.samples if s.name == name + "_sum")
+        count = sum(s.value for s in family.samples if s.name == name + "_count")
+        return total, count
+
+    if name not in current.families:
+        return None
+    total, count = sum_count(current)
+    before_total, before_count = sum_count(previous)
+    if count - before_count > 0 and total >= before_total:
+        return (total - before_total) / (count - before_count)
+    return total / count if count > 0 else None
+
+
+def _gauge(scrape: Scrape, name: str) -> float | None:
+    family = scrape.families.get(name)
+    if family is None:
+        return None
+    values = [s.value for s in family.samples if s.name == name]
+    return sum(values) if values else None
+
+
+def _uptime(scrape: Scrape) -> float | None:
+    uptime = _gauge(scrape, UPTIME)
+    if uptime is not None:
+        return uptime
+    for name in START_TIMES:
+        started = _gauge(scrape, name)
+        if started is not None:
+            return max(0.0, scrape.wall_s - started)
+    return None
+
+
+def _shard_heat(
+    table: dict[tuple[str, ...], Count] | None,
+) -> tuple[tuple[ShardRow, ...] | None, int]:
+    if table is None:
+        return None, 0
+    stream_totals: dict[str, float] = {}
+    stream_rates: dict[str, float] = {}
+    for (stream, _), count in table.items():
+        stream_totals[stream] = stream_totals.get(stream, 0.0) + count.total
+        stream_rates[stream] = stream_rates.get(stream, 0.0) + (count.rate or 0.0)
+    rows = []
+    for (stream, shard), count in table.items():
+        share = None
+        if count.rate is not None and stream_rates[stream] > 0:
+            share = count.rate / stream_rates[stream]
+        elif stream_totals[stream] > 0:
+            share = count.total / stream_totals[stream]
+        rows.append(ShardRow(stream, shard, count.total, count.rate, share))
+    rows.sort(key=lambda row: (-(row.rate or 0.0), -row.total, row.stream, row.shard))
+    return tuple(rows[:SHARDS_SHOWN]), len(rows)
+
+
+def _line(cells: Sequence[str], first_width: int) -> str:
+    """Fixed-width columns: the first left-aligned, the rest right-aligned."""
+    first = _cut(cells[0], first_width).ljust(first_width)
+    return first + "".join(cell.rjust(_NUMBER_WIDTH) for cell in cells[1:])
+
+
+def _sources_table(view: View, out: Callable[[str, str], None]) -> None:
+    names = [row.name for row in view.sources] + ["TOTAL", "SOURCE"]
+    first = min(max([_NAME_WIDTH[0], *(len(n) for n in names)]), _NAME_WIDTH[1]) + 1
+    out(_line(("SOURCE", *_COLUMNS), first), "title")
+    if not view.sources:
+        out("(no sources yet)", "")
+    rows = list(view.sources) + ([view.total] if view.total is not None else [])
+    for row in rows:
+        cells = (
+            row.name or "-",
+            _rate(row.received),
+            human(row.received.total if row.received else None),
+            _rate(row.accepted),
+            human(row.accepted.total if row.accepted else None),
+            human(row.retried),
+            human(row.throttled),
+            human(row.dlq),
+            human(row.invalid),
+            _seconds(row.p50_s),
+            _seconds(row.p99_s),
+        )
+        out(_line(cells, first), "title" if row is view.total else "")
+
+
+def _breakdown_table(
+    title: str,
+    rows: tuple[tuple[str, Count], ...] | None,
+    out: Callable[[str, str], None],
+) -> None:
+    out("", "")
+    names = [name for name, _ in rows or ()]
+    first = min(max([len(title), *(len(n) for n in names)]), 44) + 1
+    out(_line((title, "TOTAL", "/S"), first), "title")
+    if rows is None:
+        out("-", "")
+    elif not rows:
+        out("none", "")
+    for name, count in rows or ():
+        out(_line((name or "-", human(count.total), human(count.rate)), first), "")
+
+
+def _shard_table(view: View, out: Callable[[str, str], None], unicode: bool) -> None:
+    out("", "")
+    shards = view.shards
+    if not shards:
+        out("SHARD HEAT", "title")
+        out("-" if shards is None else "none", "")
+        return
+    out(f"SHARD HEAT ({len(shards)} of {view.shard_count} shards)", "title")
+    width = max(len(row.shard) for row in shards) + 1
+    # Bars by rate, or by total before there is a rate (the first scrape).
+    by_rate = any(row.rate for row in shards)
+    peak = max((row.rate or 0.0) if by_rate else row.total for row in shards)
+    for row in shards:
+        amount = (row.rate or 0.0) if by_rate else row.total
+        bar = _bar(amount / peak if peak > 0 else 0.0, unicode)
+        rate = f"{human(row.rate)}/s"
+        out(f"{row.shard:<{width}}{bar} {rate:>8} {_percent(row.share):>6}  {row.stream}", "")
+
+
+def _bar(fraction: float, unicode: bool) -> str:
+    if not unicode:
+        return ("#" * round(fraction * BAR_WIDTH)).ljust(BAR_WIDTH)
+    eighths = round(fraction * BAR_WIDTH * 8)
+    full, rest = divmod(eighths, 8)
+    return ("█" * full + (_EIGHTHS[rest] if rest else "")).ljust(BAR_WIDTH)
+
+
+def _finish(lines: list[tuple[str, str]], width: int, height: int | None, color: bool) -> list[str]:
+    if height is not None:
+        lines = lines[:height]
+    result = []
+    for style, text in lines:
+        text = text[:width].rstrip()
+        if color and style and text:
+            text = f"{_STYLES[style]}{text}{_RESET}"
+        result.append(text)
+    return result
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) < width else text[: width - 2] + "~"
+
+
+def _rate(count: Count | None) -> str:
+    return "-" if count is None else human(count.rate)
+
+
+def _percent(ratio: float | None) -> str:
+    return "-" if ratio is None or math.isnan(ratio) else f"{ratio * 100:.1f}%"
+
+
+def _bytes(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "- bytes"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    if value < 0.001:
+        return f"{value * 1e6:.0f}us"
+    if value < 1:
+        return f"{value * 1e3:.1f}ms" if value < 0.01 else f"{value * 1e3:.0f}ms"
+    return f"{value:.2f}s" if value < 10 else f"{value:.0f}s"
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
