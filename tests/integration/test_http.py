@@ -235,3 +235,35 @@ def test_the_command_serves_until_sigterm_and_exits_zero(
     assert agent.stop(signal.SIGTERM) == 0, agent.stderr
     assert "1 accepted" in agent.stderr
     assert TOKEN not in agent.stderr
+
+
+def test_http_senders_are_told_which_events_break_the_schema(
+    serve: Callable[..., Server], stream_factory: Any, endpoint_url: str, tmp_path: Path
+) -> None:
+    stream = stream_factory(shards=1)
+    config = AgentConfig.model_validate(
+        {
+            "stream": stream,
+            "checkpoint_path": str(tmp_path / "checkpoints.db"),
+            "producer": {"linger_ms": 10, "dlq_dir": str(tmp_path / "dlq")},
+            "sources": [
+                {
+                    "type": "http",
+                    "listen": "127.0.0.1:0",
+                    "token": TOKEN,
+                    "schema": {"name": "app_events"},
+                }
+            ],
+        }
+    )
+    server = serve(config)
+    good = {"event_type": "page_view", "user_id": "u1", "timestamp": "2026-12-07T10:00:00Z"}
+    bad = {"event_type": 12, "user_id": "u2"}
+    status, _, body = post(server.url, orjson.dumps([good, bad]))
+    assert status == 200, body
+    assert body["results"][0]["status"] == "accepted"
+    rejected = body["results"][1]
+    assert rejected["status"] == "rejected"
+    assert rejected["error"].startswith("breaks schema app_events/v")
+    assert "$.event_type" in rejected["error"]
+    assert body["accepted"] == 1 and body["failed"] == 1

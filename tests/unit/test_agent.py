@@ -12,6 +12,7 @@ from kingest.errors import ConfigError
 from kingest.keys import KeyTemplate, key_with_fallback
 from kingest.producer.outcomes import DeliveryMark
 from kingest.record import PENDING, RecordFuture
+from kingest.schemas.validate import load_registry, validator_for
 from kingest.sources.base import AckTracker
 
 
@@ -134,7 +135,12 @@ def test_every_example_config_loads() -> None:
     examples = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
     assert examples
     for example in examples:
-        load_config(example)
+        config = load_config(example)
+        # The schemas they name exist (the agent checks them at start).
+        registry = load_registry(config.schema_paths)
+        for source in config.sources:
+            if source.record_schema is not None:
+                validator_for(registry, source.record_schema, source.name)
 
 
 def test_a_delivery_mark_waits_for_every_generation_up_to_its_own() -> None:

@@ -9,6 +9,7 @@ Example ``kingest.yaml``::
       dlq_dir: /var/lib/kingest/dlq
     metrics:
       address: 127.0.0.1:9108
+      cloudwatch: {namespace: Kingest/Ingestion, interval_s: 60}
     sources:
       - type: file
         name: web_logs
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kingest.addresses import parse_host_port
 from kingest.config import ProducerConfig
 from kingest.errors import ConfigError
+from kingest.metrics.cloudwatch import CloudWatchConfig
 from kingest.sources.registry import SourceConfig
 
 
@@ -41,6 +43,14 @@ class MetricsConfig(BaseModel):
         description=(
             "HOST:PORT serving /metrics (Prometheus text format) and /health; "
             "port 0 takes a free one. None: no endpoint."
+        ),
+    )
+
+    cloudwatch: CloudWatchConfig | None = Field(
+        None,
+        description=(
+            "Publish RecordsProcessed, RecordsFailed, SuccessRate and more per source to "
+            "CloudWatch (or as Embedded Metric Format lines). None: not at all."
         ),
     )
 
@@ -88,6 +98,13 @@ class AgentConfig(BaseModel):
     producer: ProducerConfig = Field(
         default_factory=lambda: ProducerConfig.model_validate({}),
         description="Producer settings, shared by all sources.",
+    )
+    schema_paths: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Files and directories of user JSON Schemas (<name>.v<N>.json or .yaml), beside "
+            "the built-in ones, for the sources' `schema` blocks."
+        ),
     )
     metrics: MetricsConfig = Field(
         default_factory=lambda: MetricsConfig.model_validate({}),

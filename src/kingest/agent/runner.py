@@ -24,14 +24,24 @@ from kingest.agent.config import AgentConfig
 from kingest.checkpoint import CheckpointStore
 from kingest.dlq import DeadLetterQueue
 from kingest.errors import KingestError
-from kingest.metrics.events import process_families, producer_families, source_families
+from kingest.metrics.cloudwatch import CloudWatchExporter
+from kingest.metrics.events import (
+    cloudwatch_families,
+    process_families,
+    producer_families,
+    source_families,
+)
 from kingest.metrics.prometheus import MetricsServer
 from kingest.metrics.registry import MetricFamily, Registry
 from kingest.producer.producer import AsyncProducer
 from kingest.runtime import tune_for_reader_threads
+from kingest.schemas.validate import RecordValidator, load_registry, validator_for
 from kingest.sources.base import Source, SourceContext
 
 log = logging.getLogger(__name__)
+
+# Longest a stopping agent waits for its last CloudWatch publication.
+CLOUDWATCH_FINAL_FLUSH_S = 20.0
 
 
 class SourceFailedError(RuntimeError):
@@ -59,6 +69,7 @@ class Agent:
         self.registry = Registry()
         self.registry.register(self._families)
         self.metrics_server: MetricsServer | None = None
+        self.cloudwatch: CloudWatchExporter | None = None
         self._state = "starting"
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -72,8 +83,14 @@ class Agent:
         self._store = CheckpointStore(config.checkpoint_path)
         self._dlq = DeadLetterQueue(config.producer.dlq_dir)
         failure: BaseException | None = None
+        exporting = asyncio.Event()  # set: the CloudWatch exporter's last flush
+        exporter: asyncio.Task[None] | None = None
         try:
             await self._start_metrics()
+            if self.cloudwatch is not None:
+                exporter = asyncio.create_task(
+                    self.cloudwatch.run(exporting), name="kingest-cloudwatch"
+                )
             await self._start()
             self._state = "running"
             self.started.set()
@@ -81,26 +98,49 @@ class Agent:
         finally:
             self._state = "stopping" if failure is None else "failed"
             await self._shutdown()
+            # After the shutdown: the last interval holds the last deliveries.
+            exporting.set()
+            if exporter is not None:
+                await self._finish_export(exporter)
             if self.metrics_server is not None:
                 await self.metrics_server.close()
         if failure is not None:
             raise SourceFailedError(str(failure)) from failure
 
     async def _start_metrics(self) -> None:
-        address = self.config.metrics.address
-        if address is not None:
-            host, port = parse_host_port(address, any_port=True)
+        metrics = self.config.metrics
+        if metrics.cloudwatch is not None:
+            self.cloudwatch = CloudWatchExporter(
+                self.registry,
+                metrics.cloudwatch,
+                region=self.config.region,
+                profile=self.config.profile,
+            )
+        if metrics.address is not None:
+            host, port = parse_host_port(metrics.address, any_port=True)
             self.metrics_server = MetricsServer(self.registry, host, port, self.health)
             await self.metrics_server.start()
+
+    async def _finish_export(self, exporter: asyncio.Task[None]) -> None:
+        try:
+            await asyncio.wait_for(exporter, CLOUDWATCH_FINAL_FLUSH_S)
+        except TimeoutError:
+            log.warning(
+                "CloudWatch did not take the last metrics in time; they are not published.",
+                extra={"timeout_s": CLOUDWATCH_FINAL_FLUSH_S},
+            )
 
     def _families(self) -> list[MetricFamily]:
         sources = [(source.name, ctx.stats) for source, ctx in self.sources]
         cores = [producer.core for producer in self.producers.values()]
-        return [
+        families = [
             *process_families(self.started_at),
             *source_families(sources),
             *producer_families(cores, (name for name, _ in sources)),
         ]
+        if self.cloudwatch is not None:
+            families.extend(cloudwatch_families(self.cloudwatch))
+        return families
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether the agent runs (for ``/health``), with each source's status."""
@@ -117,6 +157,7 @@ class Agent:
     async def _start(self) -> None:
         config = self.config
         assert self._store is not None
+        validators = self._validators()
         built = [
             (source_config, source_config.build(self._store)) for source_config in config.sources
         ]
@@ -136,13 +177,32 @@ class Agent:
                 )
                 self.producers[stream] = producer
                 await producer.start()
-            self.sources.append((source, SourceContext(source.name, producer)))
+            context = SourceContext(source.name, producer, validators.get(source_config.name))
+            self.sources.append((source, context))
             # Listed first, so that the shutdown closes it even when its start fails.
             await source.start()
         log.info(
             "The agent is running.",
             extra={"sources": [s.name for s, _ in self.sources], "streams": list(self.producers)},
         )
+
+    def _validators(self) -> dict[str, RecordValidator]:
+        """The schema check of each source whose config names a schema.
+
+        Raises:
+            ConfigError: a schema path or a named schema cannot be used.
+        """
+        named = [s for s in self.config.sources if s.record_schema is not None]
+        if not named and not self.config.schema_paths:
+            return {}
+        registry = load_registry(self.config.schema_paths)
+        validators = {}
+        for source_config in named:
+            assert source_config.record_schema is not None
+            validators[source_config.name] = validator_for(
+                registry, source_config.record_schema, source_config.name
+            )
+        return validators
 
     async def _run_sources(self, stop: asyncio.Event) -> BaseException | None:
         """Run every source and the committer until stop; the first source failure ends all."""

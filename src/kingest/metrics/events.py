@@ -27,6 +27,7 @@ from kingest.metrics.registry import (
 )
 
 if TYPE_CHECKING:
+    from kingest.metrics.cloudwatch import CloudWatchExporter
     from kingest.producer.core import ProducerCore
     from kingest.sources.base import SourceStats
 
@@ -245,3 +246,26 @@ def process_families(started_at: float) -> list[MetricFamily]:
     uptime = MetricFamily("kingest_agent_uptime_seconds", _GAUGE, "Seconds since the start.")
     uptime.add(max(time.time() - started_at, 0.0))
     return [info, start, uptime]
+
+
+def cloudwatch_families(exporter: CloudWatchExporter) -> list[MetricFamily]:
+    """How the CloudWatch publication goes: calls by outcome, datums sent and held back."""
+    calls = MetricFamily(
+        "kingest_cloudwatch_requests_total", _COUNTER, "PutMetricData calls, by outcome."
+    )
+    calls.add(exporter.calls - exporter.failed_calls, (("outcome", "ok"),))
+    calls.add(exporter.failed_calls, (("outcome", "failed"),))
+    sent = MetricFamily(
+        "kingest_cloudwatch_datums_total",
+        _COUNTER,
+        "CloudWatch datums published (or written as EMF), and refused for good.",
+    )
+    sent.add(exporter.datums_sent, (("outcome", "sent"),))
+    sent.add(exporter.datums_dropped, (("outcome", "dropped"),))
+    pending = MetricFamily(
+        "kingest_cloudwatch_pending_datums",
+        _GAUGE,
+        "Datums held for the next publication because a call failed.",
+    )
+    pending.add(exporter.pending_datums)
+    return [calls, sent, pending]

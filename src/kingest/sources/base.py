@@ -16,10 +16,11 @@ import logging
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from kingest.producer.producer import AsyncProducer
 from kingest.record import DlqReason, RecordFuture
+from kingest.schemas.validate import RecordValidator
 
 
 class Completion(Protocol):
@@ -31,6 +32,9 @@ class Completion(Protocol):
 
 
 log = logging.getLogger(__name__)
+
+# A record's partition key as its source hands it over (None: derived from the data).
+Key = TypeVar("Key", str, str | None)
 
 
 class AckTracker:
@@ -109,28 +113,58 @@ class SourceStats:
 
 
 class SourceContext:
-    """What a running source uses: its producer, its ack tracker and its statistics.
+    """What a running source uses: its producer, its ack tracker, its statistics and its
+    schema check.
 
     Args:
         name: the source's name (the ``source`` field of its records and the DLQ).
         producer: the started producer of the source's stream.
+        validator: the source's schema check, if its config names a schema.
     """
 
-    def __init__(self, name: str, producer: AsyncProducer) -> None:
+    def __init__(
+        self, name: str, producer: AsyncProducer, validator: RecordValidator | None = None
+    ) -> None:
         self.name = name
         self.producer = producer
         self.acks = AckTracker()
         self.stats = SourceStats()
+        self.validator = validator
+
+    def validate(
+        self, records: list[tuple[dict[str, Any], Key]]
+    ) -> list[tuple[dict[str, Any], Key]]:
+        """The records that may be sent, after the source's schema check (when it has one).
+
+        Records that break the schema go to the dead-letter queue with their violations (or
+        are sent flagged, as the source's ``schema.on_invalid`` says); those sent are stamped
+        with the schema's id and version when asked.
+        """
+        validator = self.validator
+        if validator is None:
+            return records
+        kept = []
+        for record, key in records:
+            violations = validator.check(record)
+            if violations is None:
+                kept.append((record, key))
+            else:
+                self.reject(record, DlqReason.INVALID_RECORD, validator.describe(violations))
+        return kept
 
     def reject(self, payload: Any, reason: DlqReason, message: str) -> RecordFuture:
         """Send an unusable input to the dead-letter queue (done when this returns).
 
         The input's position is the caller's to track, like any other's.
         """
+        self.count_invalid(reason)
+        return self.producer.reject(payload, reason, message, source=self.name)
+
+    def count_invalid(self, reason: DlqReason) -> None:
+        """Count an input refused for ``reason`` (by :meth:`reject`, or answered as refused)."""
         self.stats.invalid += 1
         by_reason = self.stats.invalid_by_reason
         by_reason[reason.value] = by_reason.get(reason.value, 0) + 1
-        return self.producer.reject(payload, reason, message, source=self.name)
 
 
 class Source(abc.ABC):

@@ -32,14 +32,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from kingest.addresses import parse_host_port
 from kingest.checkpoint import CheckpointStore
 from kingest.errors import BufferFullError, ConfigError, SourceError
 from kingest.keys import KeyTemplate, key_with_fallback
 from kingest.producer.producer import AsyncProducer
-from kingest.record import RecordFuture
+from kingest.record import DlqReason, RecordFuture
+from kingest.schemas.validate import SchemaField
 from kingest.sources.base import Source, SourceContext
 from kingest.sources.http.events import NDJSON_TYPES, BodyError, NotAnEvent, parse_body
 
@@ -51,7 +52,7 @@ __all__ = ["HttpSource", "HttpSourceConfig"]
 RETRY_AFTER_S = 1
 
 
-class HttpSourceConfig(BaseModel):
+class HttpSourceConfig(SchemaField):
     """A ``type: http`` source: an HTTP endpoint taking application events."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
@@ -220,9 +221,10 @@ class HttpSource(Source):
         admitted: list[tuple[int, RecordFuture]] = []
         ingested = datetime.now(UTC).isoformat(timespec="milliseconds")
         full_at: int | None = None
+        validator = ctx.validator
         for index, event in enumerate(events):
             if isinstance(event, NotAnEvent):
-                stats.invalid += 1
+                ctx.count_invalid(DlqReason.INVALID_INPUT)
                 results[index] = {"index": index, "status": "rejected", "error": event.reason}
                 continue
             own = event.pop("source", None)
@@ -230,6 +232,14 @@ class HttpSource(Source):
                 event["origin"] = own
             event["source"] = name
             event["ingestion_timestamp"] = ingested
+            if validator is not None:
+                violations = validator.check(event)
+                if violations is not None:
+                    # The sender is there to be told, and can fix and send again.
+                    ctx.count_invalid(DlqReason.INVALID_RECORD)
+                    error = validator.describe(violations)
+                    results[index] = {"index": index, "status": "rejected", "error": error}
+                    continue
             try:
                 key: str | None = key_with_fallback(keys, event) if keys else None
             except KeyError:

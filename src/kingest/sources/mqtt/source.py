@@ -43,13 +43,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from kingest.addresses import parse_host_port
 from kingest.checkpoint import CheckpointStore
 from kingest.errors import ConfigError, SourceError
 from kingest.keys import KeyTemplate, key_with_fallback
 from kingest.record import DlqReason
+from kingest.schemas.validate import SchemaField
 from kingest.sources.base import Source, SourceContext
 from kingest.sources.mqtt.client import ConnectRefusedError, Message, MqttConnection, MqttError
 from kingest.sources.mqtt.readings import (
@@ -76,7 +77,7 @@ def parse_broker(text: str) -> tuple[str, int]:
     return parse_host_port(text, default_port=1883)
 
 
-class MqttSourceConfig(BaseModel):
+class MqttSourceConfig(SchemaField):
     """A ``type: mqtt`` source: readings from MQTT topics."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -329,7 +330,6 @@ class MqttSource(Source):
                     )
                     continue
                 reading["quality_violations"] = problems
-            stats.parsed += 1
             reading["source"] = name
             reading["ingestion_timestamp"] = ingested
             try:
@@ -337,6 +337,8 @@ class MqttSource(Source):
             except KeyError:
                 key = None
             records.append((reading, key))
+        records = ctx.validate(records)
+        stats.parsed += len(records)
         await producer.put_many(records, name)
         ctx.acks.add(_LANE, self._sequence, producer.mark())
 

@@ -27,12 +27,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from kingest.checkpoint import CheckpointStore
 from kingest.errors import ConfigError
 from kingest.keys import KeyTemplate, key_with_fallback
 from kingest.record import DlqReason
+from kingest.schemas.validate import SchemaField
 from kingest.sources.base import Source, SourceContext
 from kingest.sources.weblog.formats import LineParser, ParseError, compile_format
 from kingest.sources.weblog.tail import FileTailer
@@ -40,7 +41,7 @@ from kingest.sources.weblog.tail import FileTailer
 log = logging.getLogger(__name__)
 
 
-class FileSourceConfig(BaseModel):
+class FileSourceConfig(SchemaField):
     """A ``type: file`` source: files matching globs, tailed and parsed."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -192,6 +193,7 @@ class FileSource(Source):
                     except KeyError:
                         key = None  # the producer keys it by a digest of its content
                 add_record((record, key))
+            records = ctx.validate(records)
             stats.parsed += len(records)
             await put_many(records, name)
             # One mark per batch: the files' ends are committed once all its lines are done.

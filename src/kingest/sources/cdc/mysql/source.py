@@ -44,11 +44,12 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 import pymysql
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from kingest.checkpoint import CheckpointStore
 from kingest.errors import ConfigError
 from kingest.record import DlqReason
+from kingest.schemas.validate import SchemaField
 from kingest.sources.base import Source, SourceContext
 from kingest.sources.cdc.envelope import EnvelopeBuilder
 from kingest.sources.cdc.mysql.assembler import Chunk
@@ -86,7 +87,7 @@ def default_server_id(name: str) -> int:
     return 0x6B000000 + zlib.crc32(name.encode()) % 0x01000000
 
 
-class MySqlSourceConfig(BaseModel):
+class MySqlSourceConfig(SchemaField):
     """A ``type: mysql`` source: the row binlog of a MySQL or MariaDB server."""
 
     # The DSN may hold a password: validation errors must not echo their input.
@@ -406,8 +407,9 @@ class MySqlSource(Source):
         for chunk in chunks:
             if chunk.size:
                 stats.received += chunk.size
-                stats.parsed += len(chunk.events)
-                await producer.put_many(chunk.events, name)
+                events = ctx.validate(chunk.events)
+                stats.parsed += len(events)
+                await producer.put_many(events, name)
                 for reject in chunk.rejects:
                     ctx.reject(reject.payload, DlqReason.INVALID_INPUT, reject.message)
             if chunk.end is not None:

@@ -38,10 +38,11 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr
 
 from kingest.checkpoint import CheckpointStore
 from kingest.record import DlqReason
+from kingest.schemas.validate import SchemaField
 from kingest.sources.base import Source, SourceContext
 from kingest.sources.cdc.envelope import EnvelopeBuilder
 from kingest.sources.cdc.postgres.assembler import Chunk
@@ -64,7 +65,7 @@ _SLOT_LANE = "slot"
 _SNAPSHOT_LANE = "snapshot"
 
 
-class PostgresSourceConfig(BaseModel):
+class PostgresSourceConfig(SchemaField):
     """A ``type: postgres`` source: logical replication from one PostgreSQL database."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -245,8 +246,9 @@ class PostgresSource(Source):
                 snapshot_done = item
                 continue
             stats.received += len(item.events) + len(item.rejects)
-            stats.parsed += len(item.events)
-            await producer.put_many(item.events, name)
+            events = ctx.validate(item.events)
+            stats.parsed += len(events)
+            await producer.put_many(events, name)
             for reject in item.rejects:
                 ctx.reject(reject.payload, DlqReason.INVALID_INPUT, reject.message)
             if item.end_lsn is not None:
