@@ -270,7 +270,10 @@ def test_every_type_round_trips(
 ) -> None:
     table = tables.new(TYPES)
     stream = stream_factory()
-    agent = InProcessAgent(agent_config(stream, tmp_path, tables=[f"test.{table}"]), endpoint_url)
+    # Every event also passes the built-in CDC schema, and says so.
+    schema = {"name": "database_cdc", "stamp": True}
+    config = agent_config(stream, tmp_path, tables=[f"test.{table}"], schema=schema)
+    agent = InProcessAgent(config, endpoint_url)
     try:
         tables.sql("SET time_zone = '+02:00'")
         tables.sql(f"INSERT INTO {table} VALUES {HIGH}")
@@ -292,6 +295,7 @@ def test_every_type_round_trips(
     ]
     assert all(e["database"] == "test" and e["table"] == table for e in events)
     assert events[0]["primary_key"] == {"id": 18446744073709551615}
+    assert {e["schema_id"] for e in events} == {"database_cdc/v1"}
     assert not dlq_entries(tmp_path / "dlq")
 
 

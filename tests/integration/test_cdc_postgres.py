@@ -156,7 +156,8 @@ def test_every_type_round_trips(
             e {mood}, ip inet, big text)"""
     )
     stream = stream_factory()
-    agent = run_source(names, stream)
+    # Every event also passes the built-in CDC schema, and says so.
+    agent = run_source(names, stream, schema={"name": "database_cdc", "stamp": True})
     names.sql(
         f"""insert into {names.table} values (1, -32768, 9223372036854775807,
             12345678901234567890.0123456789, 0.1, 1.5, true, 'héllo "q" \\ ', 'short',
@@ -183,6 +184,7 @@ def test_every_type_round_trips(
     # The untouched TOASTed value is not sent: left out and named, never turned into NULL.
     assert "big" not in update["after"] and update["unchanged_columns"] == ["big"]
     assert update["after"]["t"] == "changed" and update["before"] == {"id": 1}
+    assert {e["schema_id"] for e in (first, nulls, update)} == {"database_cdc/v1"}
 
 
 def test_mixed_workload_keeps_each_rows_order_and_drops_rollbacks(

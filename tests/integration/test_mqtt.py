@@ -115,7 +115,9 @@ def test_readings_rules_and_dead_letters(
 ) -> None:  # fmt: skip
     stream = stream_factory(shards=2)
     rules = {"temperature": {"min": -40, "max": 85, "units": ["C"]}}
-    agent = InProcessAgent(agent_config(prefix, stream, tmp_path, rules=rules), endpoint_url)
+    schema = {"name": "iot_sensors", "stamp": True}  # the built-in schema: every reading fits
+    config = agent_config(prefix, stream, tmp_path, rules=rules, schema=schema)
+    agent = InProcessAgent(config, endpoint_url)
     try:
         for i in range(50):
             publisher.publish(f"{prefix}/temperature/t{i % 5}", reading(i))
@@ -132,6 +134,7 @@ def test_readings_rules_and_dead_letters(
     for record, obj in zip(records, objects, strict=True):
         assert record.partition_key == obj["device_id"]
         assert obj["source"] == "iot_sensors" and obj["ingestion_timestamp"].endswith("+00:00")
+        assert obj["schema_id"] == "iot_sensors/v1"
     assert {"value": 55, "device_type": "humidity", "device_id": "h1"}.items() <= next(
         o for o in objects if o.get("device_type") == "humidity"
     ).items()
