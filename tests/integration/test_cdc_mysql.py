@@ -296,6 +296,8 @@ def test_every_type_round_trips(
     assert all(e["database"] == "test" and e["table"] == table for e in events)
     assert events[0]["primary_key"] == {"id": 18446744073709551615}
     assert {e["schema_id"] for e in events} == {"database_cdc/v1"}
+    lag = agent.agent.stats()["sources"][config.sources[0].name]["lag_s"]
+    assert lag is not None and 0 <= lag < 60
     assert not dlq_entries(tmp_path / "dlq")
 
 

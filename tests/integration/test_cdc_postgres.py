@@ -185,6 +185,9 @@ def test_every_type_round_trips(
     assert "big" not in update["after"] and update["unchanged_columns"] == ["big"]
     assert update["after"]["t"] == "changed" and update["before"] == {"id": 1}
     assert {e["schema_id"] for e in (first, nulls, update)} == {"database_cdc/v1"}
+    # How far behind the database the source read: a fresh commit, so well under a minute.
+    lag = agent.agent.stats()["sources"]["pg"]["lag_s"]
+    assert lag is not None and 0 <= lag < 60
 
 
 def test_mixed_workload_keeps_each_rows_order_and_drops_rollbacks(

@@ -290,3 +290,24 @@ def test_tail_serves_metrics_and_logs_json(
     running = [d for d in documents if d["message"] == "The agent is running."]
     assert running and running[0]["sources"] == ["web_logs"], agent.stderr
     assert all({"ts", "level", "logger", "message"} <= set(d) for d in documents)
+
+
+def test_time_spent_waiting_for_buffer_room_is_counted(
+    endpoint_url: str, stream_factory: Any, tmp_path: Path
+) -> None:
+    stream = stream_factory(shards=1)
+    run_id = uuid.uuid4().hex
+    with Producer(
+        stream,
+        endpoint_url=endpoint_url,
+        dlq_dir=str(tmp_path),
+        max_buffer_records=5,
+        linger_ms=50,
+    ) as producer:
+        for i in range(40):
+            producer.put(make_payload(run_id, i), "k", source="slow")
+        producer.flush(timeout=30)
+        families = by_name(producer.metrics())
+    assert families["kingest_producer_accepted_records_total"].value(source="slow") == 40
+    # Five records fit; later puts waited for requests to end.
+    assert families["kingest_producer_blocked_seconds_total"].value(source="slow") > 0

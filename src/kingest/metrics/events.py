@@ -65,13 +65,21 @@ def source_families(sources: Sequence[tuple[str, SourceStats]]) -> list[MetricFa
         _COUNTER,
         "Inputs refused by the source (unparsable, or breaking a schema or rule), by reason.",
     )
+    lag = MetricFamily(
+        "kingest_source_lag_seconds",
+        _GAUGE,
+        "Seconds from the newest change's commit in the database to the source reading it "
+        "(change-capture sources; with the delivery latency, the end-to-end delay).",
+    )
     for name, stats in sources:
         labels = (("source", name),)
         received.add(stats.received, labels)
         parsed.add(stats.parsed, labels)
         for reason, count in sorted(stats.invalid_by_reason.items()):
             invalid.add(count, (("source", name), ("reason", reason)))
-    return [received, parsed, invalid]
+        if stats.lag_s is not None:
+            lag.add(stats.lag_s, labels)
+    return [received, parsed, invalid, lag]
 
 
 def producer_families(
@@ -113,6 +121,11 @@ def producer_families(
         _COUNTER,
         "Records written to the dead-letter queue, by reason.",
     )
+    blocked = MetricFamily(
+        "kingest_producer_blocked_seconds_total",
+        _COUNTER,
+        "Seconds the source's puts waited for buffer room (backpressure slowing it down).",
+    )
     latency = MetricFamily(
         "kingest_source_delivery_latency_seconds",
         _HISTOGRAM,
@@ -140,6 +153,7 @@ def producer_families(
             throttled.add(throttled_count, labels)
             for reason, count in sorted(stats.dead_lettered_by_reason.items()):
                 dead_lettered.add(count, (("source", name), ("reason", reason)))
+            blocked.add(stats.blocked_s, labels)
             snapshot = stats.latency.snapshot()
             latency.add_histogram(snapshot, labels)
             total_latency = total_latency.merged(snapshot)
@@ -149,9 +163,11 @@ def producer_families(
         accepted.add(0, labels)
         accepted_bytes.add(0, labels)
         throttled.add(0, labels)
+        blocked.add(0, labels)
         latency.add_histogram(empty_snapshot(LATENCY_BUCKETS_S), labels)
     ack_latency.add_histogram(total_latency)
-    families = [put, accepted, accepted_bytes, retried, throttled, dead_lettered, latency]
+    families = [put, accepted, accepted_bytes, retried, throttled, dead_lettered, blocked]
+    families.append(latency)
     families.append(ack_latency)
     families.extend(_stream_families(cores))
     return families

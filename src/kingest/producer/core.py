@@ -567,7 +567,10 @@ class ProducerCore:
             )
         self._wake()
         pending.held = True
-        if not self.gate.acquire(pending.size, timeout, pending):
+        started = _monotonic()
+        admitted = self.gate.acquire(pending.size, timeout, pending)
+        self.stats.blocked(pending.source, _monotonic() - started)
+        if not admitted:
             pending.held = False
             raise BufferFullError(f"no room in the producer's buffer within {timeout} s")
         self._admitted(pending.size)
@@ -583,7 +586,10 @@ class ProducerCore:
             return pending
         self._wake()
         pending.held = True
-        if not await self.gate.acquire_async(pending.size, timeout, pending):
+        started = _monotonic()
+        admitted = await self.gate.acquire_async(pending.size, timeout, pending)
+        self.stats.blocked(pending.source, _monotonic() - started)
+        if not admitted:
             pending.held = False
             raise BufferFullError(f"no room in the producer's buffer within {timeout} s")
         self._admitted(pending.size)

@@ -35,6 +35,8 @@ class SourceStats:
     bytes_sent: int = 0
     dead_lettered_by_reason: Counter[str] = field(default_factory=Counter)
     retried_by_code: Counter[str] = field(default_factory=Counter)
+    # Seconds puts waited for buffer room: the backpressure the source felt.
+    blocked_s: float = 0.0
     # Seconds from put() to Kinesis accepting the record.
     latency: Histogram = field(default_factory=Histogram)
 
@@ -144,6 +146,11 @@ class ProducerStats:
                 source = self._source(name)
                 source.retried += n
                 source.retried_by_code[code] += n
+
+    def blocked(self, source: str, seconds: float) -> None:
+        """Count time a put of ``source`` waited for buffer room."""
+        with self._lock:
+            self._source(source).blocked_s += seconds
 
     def request(self, ok: bool) -> None:
         """Count one PutRecords request (ok: the service answered it, even partly failed)."""

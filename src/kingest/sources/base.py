@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,15 @@ class SourceStats:
     parsed: int = 0
     invalid: int = 0
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
+    # Seconds from the newest change's commit to its reading (change-capture sources only).
+    lag_s: float | None = None
+
+    def read_changes(self, events: list[tuple[dict[str, Any], str]]) -> None:
+        """Note the lag of the newest of a batch of change events (Debezium ``source.ts_ms``)."""
+        if events:
+            committed_ms = events[-1][0].get("source", {}).get("ts_ms")
+            if type(committed_ms) is int:
+                self.lag_s = max(time.time() - committed_ms / 1000, 0.0)
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a plain dict."""
@@ -109,6 +119,7 @@ class SourceStats:
             "parsed": self.parsed,
             "invalid": self.invalid,
             "invalid_by_reason": dict(self.invalid_by_reason),
+            "lag_s": self.lag_s,
         }
 
 

@@ -407,6 +407,7 @@ class MySqlSource(Source):
         for chunk in chunks:
             if chunk.size:
                 stats.received += chunk.size
+                stats.read_changes(chunk.events)
                 events = ctx.validate(chunk.events)
                 stats.parsed += len(events)
                 await producer.put_many(events, name)

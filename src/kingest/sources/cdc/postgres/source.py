@@ -246,6 +246,7 @@ class PostgresSource(Source):
                 snapshot_done = item
                 continue
             stats.received += len(item.events) + len(item.rejects)
+            stats.read_changes(item.events)
             events = ctx.validate(item.events)
             stats.parsed += len(events)
             await producer.put_many(events, name)
