@@ -103,6 +103,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table"
     )
+    parser.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="serve the agent's /metrics and /health here, to watch it with `kingest top`",
+    )
     add_aws_arguments(parser)
     parser.add_argument(
         "--stream",
@@ -161,6 +166,7 @@ def _run_on(
         demo = run_demo(
             endpoint_url, stream, duration_s=args.duration, rate=args.rate, seed=seed,
             run_id=run_id, work=work, show=view.show, postgres_dsn=args.postgres,
+            metrics_address=args.metrics_address,
         )  # fmt: skip
     finally:
         view.end()

@@ -173,6 +173,7 @@ def run_demo(
     work: Path,
     show: Callable[[str], None],
     postgres_dsn: str = DEFAULT_POSTGRES,
+    metrics_address: str | None = None,
 ) -> DemoRun:
     """Run the agent and the simulators for ``duration_s``, then stop cleanly.
 
@@ -186,6 +187,7 @@ def run_demo(
         work: a directory for the log file, the checkpoints and the dead-letter queue.
         show: receives a one-line live view every half second.
         postgres_dsn: the PostgreSQL to capture when it can be.
+        metrics_address: HOST:PORT where the agent serves /metrics (for ``kingest top``).
     """
     inputs = DemoInputs(broker=None, private_broker=False, postgres_dsn=None)
     with _broker(work, inputs):
@@ -203,6 +205,7 @@ def run_demo(
                     run_id,
                     work,
                     show,
+                    metrics_address,
                 )
             )
         finally:
@@ -237,18 +240,20 @@ def _drop_capture(connection: Any, run_id: str) -> None:
 
 
 def _config(
-    stream: str, inputs: DemoInputs, run_id: str, work: Path
+    stream: str, inputs: DemoInputs, run_id: str, work: Path, metrics_address: str | None
 ) -> tuple[AgentConfig, Path | None]:
+    # Every source checks its records against its built-in schema, as the seed's did.
     sources: list[dict[str, Any]] = [
         {"type": "file", "name": "web_logs", "paths": [str(work / "access.log")],
-         "format": "combined", "from": "beginning"},
+         "format": "combined", "from": "beginning", "schema": {"name": "web_logs"}},
         {"type": "http", "name": "app_events", "listen": "127.0.0.1:0",
-         "partition_key": "{user_id}"},
+         "partition_key": "{user_id}", "schema": {"name": "app_events"}},
     ]  # fmt: skip
     if inputs.broker is not None:
         sources.append(
             {"type": "mqtt", "name": "iot_sensors", "broker": inputs.broker,
              "topics": [f"kdemo/{run_id}/#"], "client_id": f"kingest-demo-{run_id}",
+             "schema": {"name": "iot_sensors"},
              "persistent_session": False,
              "topic_template": f"kdemo/{run_id}/{{device_type}}/{{device_id}}"}
         )  # fmt: skip
@@ -258,13 +263,14 @@ def _config(
             {"type": "postgres", "name": "database_cdc", "dsn": inputs.postgres_dsn,
              "slot": f"kdemo_{run_id}", "publication": f"kdemo_{run_id}",
              "tables": [f"public.{t}" for t in _tables(run_id).values()],
-             "heartbeat_interval_s": 1}
+             "heartbeat_interval_s": 1, "schema": {"name": "database_cdc"}}
         )  # fmt: skip
     else:
         simulated_cdc = work / "changes.jsonl"
         sources.append(
             {"type": "file", "name": "database_cdc", "paths": [str(simulated_cdc)],
-             "format": "json", "from": "beginning", "partition_key": "{partition_key}"}
+             "format": "json", "from": "beginning", "partition_key": "{partition_key}",
+             "schema": {"name": "database_cdc"}}
         )  # fmt: skip
     config = AgentConfig.model_validate(
         {
@@ -272,6 +278,7 @@ def _config(
             "checkpoint_path": str(work / "checkpoints.db"),
             "commit_interval_ms": 200,
             "producer": {"linger_ms": 50, "dlq_dir": str(work / "dlq"), "strict_order": True},
+            "metrics": {"address": metrics_address},
             "sources": sources,
         }
     )
@@ -289,12 +296,13 @@ async def _run(
     run_id: str,
     work: Path,
     show: Callable[[str], None],
+    metrics_address: str | None,
 ) -> DemoRun:
     tables = _tables(run_id)
     if postgres is not None:
         # The tables exist before the capture starts, so the publication can name them.
         prepare_tables(postgres, "postgres", tables)
-    config, simulated_cdc = _config(stream, inputs, run_id, work)
+    config, simulated_cdc = _config(stream, inputs, run_id, work, metrics_address)
     (work / "access.log").touch()
     if simulated_cdc is not None:
         simulated_cdc.touch()
