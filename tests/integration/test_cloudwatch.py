@@ -19,7 +19,8 @@ from typing import Any
 import boto3
 import pytest
 
-from kingest.metrics.cloudwatch import METRIC_NAMES, CloudWatchConfig, CloudWatchExporter
+from kingest.metrics.cloudwatch import CloudWatchConfig, CloudWatchExporter
+from kingest.metrics.cloudwatch_datums import METRIC_NAMES
 from kingest.metrics.registry import Registry
 from tests.cloudwatch_server import LocalCloudWatch, require_moto_server
 from tests.unit.test_cloudwatch import Workload

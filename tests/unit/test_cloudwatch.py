@@ -25,16 +25,14 @@ from botocore.validate import ParamValidator
 from pydantic import ValidationError
 
 from kingest.errors import CredentialsError
-from kingest.metrics.cloudwatch import (
+from kingest.metrics.cloudwatch import CloudWatchConfig, CloudWatchExporter, classify_failure
+from kingest.metrics.cloudwatch_datums import (
     EMF_MAX_VALUES,
     MAX_VALUES_PER_DATUM,
     PUT_METRIC_DATA_MAX_BYTES,
     PUT_METRIC_DATA_MAX_DATUMS,
-    CloudWatchConfig,
-    CloudWatchExporter,
     Datum,
     batch_datums,
-    classify_failure,
     emf_documents,
     estimate_datum_bytes,
     interval_datums,

@@ -32,9 +32,8 @@ from kingest.metrics.top import (
     View,
     build_view,
     histogram_quantile,
-    human,
-    render,
 )
+from kingest.metrics.top_render import human, render
 
 # The example of the format's documentation
 # (https://prometheus.io/docs/instrumenting/exposition_formats/#text-format-example).

@@ -8,7 +8,8 @@ With ``--once``, or when standard output is not a terminal, it scrapes twice ``-
 apart, prints one plain frame and exits 0; when the endpoint cannot be reached it prints one
 line on standard error and exits 1.
 
-What the frame holds, and how it is computed, is :mod:`kingest.metrics.top`.
+What the frame holds, and how it is computed, is :mod:`kingest.metrics.top`; how it is laid
+out as text, :mod:`kingest.metrics.top_render`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from types import FrameType
 from typing import Any, TextIO
 
 from kingest.metrics.scrape import DEFAULT_METRICS_ADDRESS, metrics_url
-from kingest.metrics.top import Monitor, View, render
+from kingest.metrics.top import Monitor, View
+from kingest.metrics.top_render import render
 
 # ANSI/VT100 control sequences (ECMA-48; the alternate screen is xterm's, understood by every
 # terminal emulator in use).
