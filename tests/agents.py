@@ -99,3 +99,23 @@ class InProcessAgent:
         assert not self.thread.is_alive(), "the agent did not stop"
         if self.error is not None:
             raise self.error
+
+
+def tail_args(stream: str, endpoint_url: str, pattern: Path, *extra: str) -> list[str]:
+    """The arguments of a ``kingest tail`` of combined-format files, quick to flush."""
+    return [
+        "tail",
+        "--path",
+        str(pattern),
+        "--format",
+        "combined",
+        "--stream",
+        stream,
+        "--endpoint-url",
+        endpoint_url,
+        "--checkpoint",
+        "checkpoints.db",
+        "--linger-ms",
+        "20",
+        *extra,
+    ]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.agents import AgentProcess
+from tests.agents import AgentProcess, tail_args
 from tests.helpers import dlq_entries, read_stream, wait_until
 
 COMBINED = (
@@ -57,25 +57,6 @@ def committed_offset(database: Path) -> int:
         except sqlite3.OperationalError:
             return 0  # the table is not created yet
     return max((orjson.loads(value)["offset"] for (value,) in rows), default=0)
-
-
-def tail_args(stream: str, endpoint_url: str, pattern: Path, *extra: str) -> list[str]:
-    return [
-        "tail",
-        "--path",
-        str(pattern),
-        "--format",
-        "combined",
-        "--stream",
-        stream,
-        "--endpoint-url",
-        endpoint_url,
-        "--checkpoint",
-        "checkpoints.db",
-        "--linger-ms",
-        "20",
-        *extra,
-    ]
 
 
 def test_tail_sends_lines_and_a_clean_restart_sends_nothing_twice(

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from kingest.metrics.scrape import ScrapeError, fetch
-from tests.agents import AgentProcess
+from tests.agents import AgentProcess, tail_args
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -200,30 +200,8 @@ def tail_agent(
 ) -> tuple[AgentProcess, Path]:
     log = tmp_path / "access.log"
     log.touch()
-    agent = agents(
-        [
-            "tail",
-            "--path",
-            str(log),
-            "--format",
-            "combined",
-            "--from",
-            "beginning",
-            "--stream",
-            stream,
-            "--endpoint-url",
-            endpoint_url,
-            "--checkpoint",
-            "checkpoints.db",
-            "--linger-ms",
-            "20",
-            "--source",
-            source,
-            "--metrics-address",
-            f"127.0.0.1:{port}",
-        ],
-        tmp_path,
-    )
+    args = tail_args(stream, endpoint_url, log, "--from", "beginning", "--source", source)
+    agent = agents([*args, "--metrics-address", f"127.0.0.1:{port}"], tmp_path)
     return agent, log
 
 
