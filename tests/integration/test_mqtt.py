@@ -19,47 +19,13 @@ from typing import Any
 
 import orjson
 import pytest
-from paho.mqtt import client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from kingest.agent.config import AgentConfig
 from tests.agents import AgentProcess, InProcessAgent
 from tests.helpers import dlq_entries, read_stream, wait_until
-from tests.servers import MQTT_BROKER, require_mqtt
+from tests.servers import MQTT_BROKER, Publisher, require_mqtt
 
 pytestmark = pytest.mark.integration
-
-
-class Publisher:
-    """A QoS 1 publisher that waits for the broker's PUBACK and retries across restarts."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"kt-pub-{uuid.uuid4().hex[:8]}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        self.client.reconnect_delay_set(1, 2)
-        self.client.connect(host, port)
-        self.client.loop_start()
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            info = self.client.publish(topic, payload, qos=qos)
-            try:
-                info.wait_for_publish(5)
-                if info.is_published():
-                    return
-            except (RuntimeError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"could not publish to {topic}")
-            time.sleep(0.2)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
