@@ -668,3 +668,28 @@ def test_arguments_and_their_defaults() -> None:
         True,
         False,
     )
+
+
+def test_backpressure_and_change_capture_lag_are_shown_when_present() -> None:
+    before = """
+        # TYPE kingest_producer_blocked_seconds_total counter
+        kingest_producer_blocked_seconds_total{source="web_logs"} 2
+        kingest_producer_blocked_seconds_total{source="mqtt"} 0
+        # TYPE kingest_source_lag_seconds gauge
+        kingest_source_lag_seconds{source="orders_db"} 0.25
+    """
+    after = before.replace('"web_logs"} 2', '"web_logs"} 4.5')
+    view = build_view("x", scrape_of(after, 110), scrape_of(before, 100))
+    assert view.blocked is not None
+    assert dict((name, count.rate) for name, count in view.blocked) == {
+        "web_logs": 0.25,
+        "mqtt": 0,
+    }
+    assert view.lag_s == (("orders_db", 0.25),)
+    frame = render(view)
+    blocked = next(line for line in frame if line.startswith("BLOCKED"))
+    # A source that never waited is left out.
+    assert "web_logs 25.0%" in blocked and "mqtt" not in blocked
+    assert any(line.startswith("LAG") and "orders_db 250ms" in line for line in frame)
+    quiet = render(build_view("x", scrape_of(AFTER, 110), scrape_of(BEFORE, 100)))
+    assert not any(line.startswith(("BLOCKED", "LAG")) for line in quiet)

@@ -44,6 +44,8 @@ BUFFERED_RECORDS = "kingest_producer_buffered_records"
 BUFFERED_BYTES = "kingest_producer_buffered_bytes"
 BUFFER_FILL = "kingest_producer_buffer_fill_ratio"
 SHARD_RECORDS = "kingest_producer_shard_records_total"  # {stream, shard}
+BLOCKED = "kingest_producer_blocked_seconds_total"  # {source}
+LAG = "kingest_source_lag_seconds"  # gauge {source}, change-capture sources
 PER_KINESIS_RECORD = "kingest_producer_user_records_per_kinesis_record"  # histogram
 # Uptime: the agent's gauge, else the age of a start time (the agent's, or the standard one of
 # the Prometheus clients).
@@ -132,6 +134,10 @@ class View:
     dlq_by_reason: tuple[tuple[str, Count], ...] | None = None
     shards: tuple[ShardRow, ...] | None = None
     shard_count: int = 0
+    # Seconds each source's puts waited for buffer room: its rate is the share of the time.
+    blocked: tuple[tuple[str, Count], ...] | None = None
+    # Seconds from commit to read, per change-capture source.
+    lag_s: tuple[tuple[str, float], ...] | None = None
 
 
 class Monitor:
@@ -256,6 +262,8 @@ def build_view(address: str, current: Scrape, previous: Scrape | None = None) ->
         dlq_by_reason=_breakdown(counts(DLQ, "reason")),
         shards=shards,
         shard_count=shard_count,
+        blocked=_breakdown(counts(BLOCKED, "source")),
+        lag_s=_per_source(current, LAG),
     )
 
 
@@ -432,6 +440,14 @@ def _mean(current: Scrape, previous: Scrape | None, name: str) -> float | None:
     if count - before_count > 0 and total >= before_total:
         return (total - before_total) / (count - before_count)
     return total / count if count > 0 else None
+
+
+def _per_source(scrape: Scrape, name: str) -> tuple[tuple[str, float], ...] | None:
+    """A gauge's value per source, by name; None when the family is absent or empty."""
+    values = _sums(scrape.families.get(name), ("source",))
+    if not values:
+        return None
+    return tuple(sorted((key[0], value) for key, value in values.items()))
 
 
 def _gauge(scrape: Scrape, name: str) -> float | None:

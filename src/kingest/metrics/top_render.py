@@ -84,6 +84,14 @@ def render(
     mean = view.records_per_kinesis_record
     shown = "-" if mean is None else f"{mean:.1f}" if mean < 1000 else human(mean)
     out(f"AGGREGATION  {shown} user records per Kinesis record", "title")
+    # Shown only when there is something to see: most agents never wait, few capture changes.
+    waiting = [(name, count.rate) for name, count in view.blocked or () if count.total > 0]
+    if waiting:
+        shares = "   ".join(f"{name} {_percent(rate)}" for name, rate in waiting)
+        out(f"BLOCKED      {shares} of the time waiting for buffer room", "title")
+    if view.lag_s:
+        lags = "   ".join(f"{name} {_seconds(lag)}" for name, lag in view.lag_s)
+        out(f"LAG          {lags} behind the database", "title")
     _breakdown_table("RETRIES BY ERROR CODE", view.retries_by_code, out)
     _breakdown_table("DLQ BY REASON", view.dlq_by_reason, out)
     _shard_table(view, out, unicode)
