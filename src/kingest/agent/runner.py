@@ -102,6 +102,8 @@ class Agent:
             exporting.set()
             if exporter is not None:
                 await self._finish_export(exporter)
+            elif self.cloudwatch is not None:
+                self.cloudwatch.close()  # made, but the agent stopped before it ran
             if self.metrics_server is not None:
                 await self.metrics_server.close()
         if failure is not None:

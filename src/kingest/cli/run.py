@@ -44,10 +44,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``kingest run``; see the module docstring."""
-    config = with_observability(load_config(args.config), args)
+    config = load_config(args.config)
     if args.check:
         # JSON mode: secrets print as "**********", never in clear.
-        dumped = config.model_dump(mode="json", by_alias=True)
+        dumped = with_observability(config, args).model_dump(mode="json", by_alias=True)
         print(orjson.dumps(dumped, option=orjson.OPT_INDENT_2).decode())
         return 0
     return run_agent(config, args, "run")

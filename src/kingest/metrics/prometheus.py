@@ -103,10 +103,9 @@ class MetricsServer:
                 f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}"
             ) from exc
         self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        addresses = runner.addresses
+        if addresses:
+            self.port = int(addresses[0][1])
         log.info("Serving metrics.", extra={"address": f"{self.host}:{self.port}"})
 
     async def close(self) -> None:
