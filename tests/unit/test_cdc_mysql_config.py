@@ -15,8 +15,8 @@ from kingest.agent.config import AgentConfig, load_config, parse_config
 from kingest.cli import cdc_mysql
 from kingest.errors import ConfigError
 from kingest.sources.cdc.mysql.assembler import Chunk, Reject
+from kingest.sources.cdc.mysql.channel import Channel, ReaderStopped
 from kingest.sources.cdc.mysql.position import BinlogPosition
-from kingest.sources.cdc.mysql.reader import Channel, ReaderStopped
 from kingest.sources.cdc.mysql.source import MySqlSourceConfig, default_server_id
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mysql.yaml"

@@ -18,20 +18,22 @@ from kingest.sources.cdc.mysql import decode
 from kingest.sources.cdc.mysql.decode import (
     BinlogColumn,
     ConversionError,
-    SchemaMismatch,
-    apply_plan,
-    apply_raw,
     binlog_column,
     bit_value,
-    convert_row,
     decimal_text,
     float32,
     json_value,
     plain_value,
-    plan_table,
-    positional,
     time_text,
     timestamp_text,
+)
+from kingest.sources.cdc.mysql.rows import (
+    SchemaMismatch,
+    apply_plan,
+    apply_raw,
+    convert_row,
+    plan_table,
+    positional,
 )
 from kingest.sources.cdc.mysql.schema import ColumnInfo, TableSchema
 

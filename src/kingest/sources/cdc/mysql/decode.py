@@ -1,14 +1,12 @@
-"""Binlog rows to JSON: naming columns, and turning each MySQL type into a faithful JSON value.
+"""MySQL binlog values to JSON: each column type's converter, and what the library is told.
 
-pymysqlreplication decodes a row's bytes with what the table map event says about the columns.
-Without binlog_row_metadata=FULL that is too little: no names, no signedness (an unsigned
-BIGINT comes out negative), no character sets (latin1 text fails to decode as UTF-8, binary
-data too) and no ENUM/SET members. :func:`plan_table` therefore decides, per table map, each
-column's name, signedness, members and JSON converter, from the binlog's own metadata when it
-has names and from information_schema otherwise; :func:`apply_plan` hands those decisions to
-the library's column objects before their rows are decoded. Text always reaches kingest as
-bytes (the library's ``binary`` character set) and is decoded here with the column's real
-character set.
+pymysqlreplication decodes a row's bytes with what the table map event says about a column;
+:func:`column_plan` decides, for one column whose name, signedness, character set and members
+are known (see :mod:`~kingest.sources.cdc.mysql.rows`), what the library is told and which
+converter turns the library's values into faithful JSON. Text always reaches kingest as bytes
+(the library's ``binary`` character set) and is decoded here with the column's real character
+set.
+
 
 JSON forms (``null`` stays ``null``):
 
@@ -34,33 +32,27 @@ Zero dates (``0000-00-00``) and the zero TIMESTAMP have no ISO 8601 form and bec
 from __future__ import annotations
 
 import base64
-import codecs
 import datetime as dt
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
 import orjson
 
-from kingest.sources.cdc.envelope import TableRef
-from kingest.sources.cdc.mysql.schema import TableSchema
+from kingest.sources.cdc.mysql.charsets import CODECS, LATIN1_ERRORS
 
 __all__ = [
+    "COMPATIBLE",
+    "STRINGS",
     "BinlogColumn",
     "ColumnPlan",
     "ConversionError",
-    "SchemaMismatch",
-    "TablePlan",
-    "apply_plan",
-    "apply_raw",
     "binlog_column",
-    "convert_row",
+    "column_plan",
     "json_value",
     "plain_value",
-    "plan_table",
-    "positional",
     "time_text",
 ]
 
@@ -95,7 +87,7 @@ VAR_STRING: Final = 253
 STRING: Final = 254
 GEOMETRY: Final = 255
 
-_STRINGS: Final = frozenset({VARCHAR, BLOB, VAR_STRING, STRING})
+STRINGS: Final = frozenset({VARCHAR, BLOB, VAR_STRING, STRING})
 _INTEGERS: Final = frozenset({TINY, SHORT, LONG, LONGLONG, INT24, YEAR})
 
 TYPE_NAMES: Final = {
@@ -130,7 +122,7 @@ TYPE_NAMES: Final = {
 
 # information_schema DATA_TYPE -> the binlog types a column of it is logged as. A data type not
 # listed (a newer server's) is not checked.
-_COMPATIBLE: Final[Mapping[str, frozenset[int]]] = {
+COMPATIBLE: Final[Mapping[str, frozenset[int]]] = {
     "tinyint": frozenset({TINY}),
     "bool": frozenset({TINY}),
     "boolean": frozenset({TINY}),
@@ -176,64 +168,8 @@ _COMPATIBLE: Final[Mapping[str, frozenset[int]]] = {
     "geomcollection": frozenset({GEOMETRY}),
 }
 
-# MySQL character set -> Python codec. MySQL's latin1 is Windows-1252 with the five bytes that
-# code page leaves undefined mapped to the C1 controls; see _LATIN1_ERRORS.
-_CODECS: Final = {
-    "utf8mb4": "utf-8",
-    "utf8mb3": "utf-8",
-    "utf8": "utf-8",
-    "latin1": "cp1252",
-    "ascii": "ascii",
-    "ucs2": "utf-16-be",
-    "utf16": "utf-16-be",
-    "utf16le": "utf-16-le",
-    "utf32": "utf-32-be",
-    "latin2": "iso8859-2",
-    "latin5": "iso8859-9",
-    "latin7": "iso8859-13",
-    "greek": "iso8859-7",
-    "hebrew": "iso8859-8",
-    "cp1250": "cp1250",
-    "cp1251": "cp1251",
-    "cp1256": "cp1256",
-    "cp1257": "cp1257",
-    "cp850": "cp850",
-    "cp852": "cp852",
-    "cp866": "cp866",
-    "koi8r": "koi8-r",
-    "koi8u": "koi8-u",
-    "sjis": "shift_jis",
-    "cp932": "cp932",
-    "ujis": "euc-jp",
-    "eucjpms": "euc-jp",
-    "gbk": "gbk",
-    "gb2312": "gb2312",
-    "gb18030": "gb18030",
-    "big5": "big5",
-    "euckr": "euc-kr",
-    "tis620": "tis-620",
-    "macroman": "mac-roman",
-    "macce": "mac-latin2",
-    "hp8": "hp-roman8",
-}
-_LATIN1_ERRORS: Final = "kingest-mysql-latin1"
-
-
-def _latin1_undefined(exc: UnicodeError) -> tuple[str, int]:
-    if not isinstance(exc, UnicodeDecodeError):
-        raise exc
-    chunk = exc.object[exc.start : exc.end]
-    return "".join(chr(byte) for byte in chunk), exc.end
-
-
-codecs.register_error(_LATIN1_ERRORS, _latin1_undefined)
-
 _FLOAT32: Final = struct.Struct("<f")
 _EPOCH: Final = dt.datetime(1970, 1, 1)
-
-
-class SchemaMismatch(Exception):
-    """The binlog's columns cannot be named with what information_schema says now."""
 
 
 class ConversionError(Exception):
@@ -307,113 +243,7 @@ class ColumnPlan:
     convert: Converter
 
 
-@dataclass(frozen=True, slots=True)
-class TablePlan:
-    """How the rows of one table map are decoded: the table and each column's plan.
-
-    Attributes:
-        table: the table as events name it (with its primary key).
-        columns: per column, in binlog order.
-        names_from: ``binlog`` (binlog_row_metadata=FULL) or ``information_schema``.
-        notes: problems worth one log line (a character set without a Python codec).
-    """
-
-    table: TableRef
-    columns: tuple[ColumnPlan, ...]
-    names_from: str
-    notes: tuple[str, ...] = ()
-
-
-def plan_table(
-    database: str, table: str, columns: Sequence[BinlogColumn], schema: TableSchema | None
-) -> TablePlan:
-    """Decide how to decode the rows of a table map event.
-
-    Args:
-        database, table: the table the event names.
-        columns: the event's columns, in order.
-        schema: the table's definition from information_schema (None when unknown).
-
-    Returns:
-        The plan: names and metadata from the binlog when it names the columns
-        (binlog_row_metadata=FULL; information_schema adds MariaDB's JSON columns and a primary
-        key with a prefix), else from information_schema.
-
-    Raises:
-        SchemaMismatch: the binlog does not name the columns and information_schema does not
-            describe them as the binlog logged them (another column count or type).
-    """
-    if columns and all(column.name for column in columns):
-        return _plan_from_binlog(database, table, columns, schema)
-    return _plan_from_schema(database, table, columns, schema)
-
-
-def _plan_from_binlog(
-    database: str, table: str, columns: Sequence[BinlogColumn], schema: TableSchema | None
-) -> TablePlan:
-    plans = []
-    notes: list[str] = []
-    for column in columns:
-        name = column.name
-        assert name is not None
-        info = schema.column(name) if schema is not None else None
-        charset = column.charset or (info.charset if info is not None else None)
-        values = column.enum_values or column.set_values
-        if values is None and info is not None:
-            values = info.values
-        is_json = column.type == JSON or (info is not None and info.is_json)
-        plans.append(_column_plan(column, name, column.unsigned, charset, values, is_json, notes))
-    names = [plan.name for plan in plans]
-    primary_key = tuple(column.name for column in columns if column.primary and column.name)
-    if not primary_key and schema is not None and all(k in names for k in schema.primary_key):
-        primary_key = schema.primary_key
-    return TablePlan(
-        TableRef(database, None, table, primary_key), tuple(plans), "binlog", tuple(notes)
-    )
-
-
-def _plan_from_schema(
-    database: str, table: str, columns: Sequence[BinlogColumn], schema: TableSchema | None
-) -> TablePlan:
-    qualified = f"{database}.{table}"
-    if schema is None:
-        raise SchemaMismatch(
-            f"the binlog does not name the columns of {qualified} (binlog_row_metadata is not "
-            "FULL) and information_schema does not describe the table (dropped since, or not "
-            "visible to the user)"
-        )
-    if len(schema.columns) != len(columns):
-        raise SchemaMismatch(
-            f"a binlog row of {qualified} has {len(columns)} columns, but information_schema "
-            f"now lists {len(schema.columns)}: the table changed after the row was logged. "
-            "With binlog_row_metadata=FULL the binlog names every row's columns itself"
-        )
-    plans = []
-    notes: list[str] = []
-    for index, (column, info) in enumerate(zip(columns, schema.columns, strict=True)):
-        allowed = _COMPATIBLE.get(info.data_type)
-        if allowed is not None and column.type not in allowed:
-            raise SchemaMismatch(
-                f"column {index + 1} of {qualified} is {TYPE_NAMES.get(column.type, column.type)}"
-                f" in the binlog, but information_schema now says {info.name} "
-                f"{info.data_type}: the table changed after the row was logged. With "
-                "binlog_row_metadata=FULL the binlog names every row's columns itself"
-            )
-        charset = info.charset if info.charset else "binary"
-        plans.append(
-            _column_plan(
-                column, info.name, info.unsigned, charset, info.values, info.is_json, notes
-            )
-        )
-    return TablePlan(
-        TableRef(database, None, table, schema.primary_key),
-        tuple(plans),
-        "information_schema",
-        tuple(notes),
-    )
-
-
-def _column_plan(
+def column_plan(
     column: BinlogColumn,
     name: str,
     unsigned: bool,
@@ -422,8 +252,20 @@ def _column_plan(
     is_json: bool,
     notes: list[str],
 ) -> ColumnPlan:
+    """How one column is decoded and converted, once its name and metadata are decided.
+
+    Args:
+        column: what the table map event says about the column.
+        name, unsigned, charset, values: the column's name, signedness, character set and
+            ENUM/SET members, from the binlog or information_schema.
+        is_json: the column holds JSON (MySQL's JSON type, or MariaDB's JSON text).
+        notes: where a problem worth one log line is added.
+
+    Returns:
+        The column's plan.
+    """
     kind = column.type
-    raw = kind in _STRINGS
+    raw = kind in STRINGS
     convert: Converter
     if kind in _INTEGERS:
         convert = _identity
@@ -474,14 +316,14 @@ def _string_converter(
             length = column.max_length
             return lambda value: base64_text(_raw(value).ljust(length, b"\0"))
         return _base64_value
-    codec = _CODECS.get(charset.lower())
+    codec = CODECS.get(charset.lower())
     if codec is None:
         notes.append(
             f"column {name} uses character set {charset}, which has no Python codec; its "
             "values are sent as base64"
         )
         return _base64_value
-    errors = _LATIN1_ERRORS if codec == "cp1252" else "strict"
+    errors = LATIN1_ERRORS if codec == "cp1252" else "strict"
 
     def text(value: Any) -> Any:
         if isinstance(value, str):
@@ -626,58 +468,3 @@ def plain_value(value: Any) -> Any:
     if isinstance(value, dict | list):
         return json_value(value)
     return str(value)
-
-
-def convert_row(
-    plan: TablePlan, values: Mapping[str, Any], none_sources: Mapping[str, str]
-) -> dict[str, Any]:
-    """One decoded row (column -> library value) as column -> JSON value.
-
-    Args:
-        plan: the table's plan (whose names the library used as keys).
-        values: the library's row.
-        none_sources: the library's reasons for null values (an empty SET says ``empty set``).
-
-    Raises:
-        ConversionError: a value does not fit its column's type.
-    """
-    row: dict[str, Any] = {}
-    for column in plan.columns:
-        name = column.name
-        value = values.get(name)
-        if value is None:
-            row[name] = "" if column.is_set and none_sources.get(name) == "empty set" else None
-        else:
-            row[name] = column.convert(value)
-    return row
-
-
-def apply_plan(plan: TablePlan, columns: Sequence[Any]) -> None:
-    """Give pymysqlreplication's column objects the plan's names and metadata (before decoding).
-
-    The library decodes unsigned integers, ENUM and SET members, and (for the ``binary``
-    character set) hands text over as bytes, from these attributes.
-    """
-    for column, decided in zip(columns, plan.columns, strict=True):
-        column.name = decided.name
-        column.unsigned = decided.unsigned
-        if decided.raw:
-            column.character_set_name = "binary"
-        if decided.enum_values is not None:
-            column.enum_values = ["", *decided.enum_values]
-        if decided.set_values is not None:
-            column.set_values = list(decided.set_values)
-
-
-def apply_raw(columns: Sequence[Any]) -> None:
-    """Prepare unnamed columns to decode without a plan (for a dead-letter payload): positional
-    names, and text as bytes so that nothing fails to decode."""
-    for index, column in enumerate(columns):
-        column.name = f"column_{index + 1}"
-        if int(column.type) in _STRINGS:
-            column.character_set_name = "binary"
-
-
-def positional(values: Mapping[str, Any]) -> list[Any]:
-    """A row decoded by :func:`apply_raw` as a list of JSON values, in column order."""
-    return [plain_value(value) for value in values.values()]

@@ -53,10 +53,11 @@ from kingest.schemas.validate import SchemaField
 from kingest.sources.base import Source, SourceContext
 from kingest.sources.cdc.envelope import EnvelopeBuilder
 from kingest.sources.cdc.mysql.assembler import Chunk
+from kingest.sources.cdc.mysql.channel import Channel
 from kingest.sources.cdc.mysql.errors import CaptureError, ServerSetupError, map_error
 from kingest.sources.cdc.mysql.filters import TableFilter, check_pattern
 from kingest.sources.cdc.mysql.position import BinlogPosition
-from kingest.sources.cdc.mysql.reader import BinlogReader, Channel, probe_stream
+from kingest.sources.cdc.mysql.reader import BinlogReader
 from kingest.sources.cdc.mysql.server import (
     ConnectionSettings,
     ServerStatus,
@@ -66,6 +67,7 @@ from kingest.sources.cdc.mysql.server import (
     parse_dsn,
     resolve_start,
 )
+from kingest.sources.cdc.mysql.stream import probe_stream
 
 log = logging.getLogger(__name__)
 
