@@ -108,7 +108,8 @@ class SourceStats:
     def read_changes(self, events: list[tuple[dict[str, Any], str]]) -> None:
         """Note the lag of the newest of a batch of change events (Debezium ``source.ts_ms``)."""
         if events:
-            committed_ms = events[-1][0].get("source", {}).get("ts_ms")
+            block = events[-1][0].get("source")
+            committed_ms = block.get("ts_ms") if isinstance(block, dict) else None
             if type(committed_ms) is int:
                 self.lag_s = max(time.time() - committed_ms / 1000, 0.0)
 
