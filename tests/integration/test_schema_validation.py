@@ -56,7 +56,7 @@ def agent_config(stream: str, tmp_path: Path, schema: dict[str, Any]) -> AgentCo
 
 
 LINES = [
-    {"order_id": 1, "amount": 9.5, "currency": "EUR"},
+    {"order_id": 1, "amount": 9.5, "currency": "EUR", "source": "checkout"},
     {"order_id": "two", "amount": -1, "currency": "GBP"},  # three violations
     {"amount": 3},  # order_id missing
     {"order_id": 4, "amount": 0},
@@ -89,6 +89,9 @@ def test_invalid_records_go_to_the_dlq_with_every_violation(
     sent = [orjson.loads(r.data) for r in read_stream(endpoint_url, stream)]
     assert sorted(r["order_id"] for r in sent) == [1, 4]
     assert all(r["schema_id"] == "orders/v1" and r["schema_version"] == 1 for r in sent)
+    # The line's own `source` is kept aside; the record names the kingest source.
+    first = next(r for r in sent if r["order_id"] == 1)
+    assert (first["source"], first["origin"]) == ("orders", "checkout")
     entries = sorted(dlq_entries(tmp_path / "dlq"), key=lambda e: e.error_message or "")
     assert [e.reason for e in entries] == [DlqReason.INVALID_RECORD] * 2
     messages = [e.error_message or "" for e in entries]

@@ -243,8 +243,8 @@ def _config(
     stream: str, inputs: DemoInputs, run_id: str, work: Path, metrics_address: str | None
 ) -> tuple[AgentConfig, Path | None]:
     # Every source checks its records against its built-in schema, as the seed's did; but
-    # simulated changes come through a file source, whose `source` field is its name rather
-    # than the change event's Debezium block, so they are not held to the CDC schema.
+    # simulated changes come through a file source, which names itself in `source` (the change
+    # event's own block moves to `origin`), so they are not held to the CDC schema.
     sources: list[dict[str, Any]] = [
         {"type": "file", "name": "web_logs", "paths": [str(work / "access.log")],
          "format": "combined", "from": "beginning", "schema": {"name": "web_logs"}},
@@ -483,7 +483,6 @@ def _simulated_changes(path: Path, pacer: Pacer, seed: int, run_id: str) -> int:
             for event in simulator.events(due):
                 event["event_id"] = f"{run_id}-c-{count}"
                 event["partition_key"] = partition_key_for("database_cdc", event)
-                event["change_source"] = event.pop("source")
                 handle.write(orjson.dumps(event) + b"\n")
                 count += 1
             handle.flush()

@@ -2,10 +2,10 @@
 
 Each accepted line becomes one record: the parsed fields (flat), plus ``source``,
 ``ingestion_timestamp`` (when the line was read, ISO 8601 UTC), ``file`` and ``offset`` (where
-the line starts). A line that does not parse, or is longer than ``max_line_bytes``, goes to the
-dead-letter queue with its reason. A file's offset is committed to the checkpoint store once
-every line before it is delivered or dead-lettered, so a restart after a crash sends again only
-what was in flight.
+the line starts); a JSON line's own ``source`` field is kept as ``origin``. A line that does
+not parse, or is longer than ``max_line_bytes``, goes to the dead-letter queue with its reason.
+A file's offset is committed to the checkpoint store once every line before it is delivered or
+dead-lettered, so a restart after a crash sends again only what was in flight.
 
 Example (in ``kingest.yaml``)::
 
@@ -182,6 +182,10 @@ class FileSource(Source):
                         f"{path}:{_where(line_number, offset)}: {exc}",
                     )
                     continue
+                own = record.get("source")
+                if own is not None:
+                    # A JSON line's own field is kept, as the HTTP source keeps an event's.
+                    record["origin"] = own
                 record["source"] = name
                 record["ingestion_timestamp"] = ingested
                 record["file"] = path
