@@ -12,7 +12,7 @@ One event per changed row::
         "name": "pg_orders",           # the kingest source's name
         "db": "shop", "schema": "public", "table": "orders",
         "lsn": 23904632,               # PostgreSQL; MySQL gives "gtid", "file", "pos", "server_id"
-        "txId": "7741", "ts_ms": 1716719445000,   # the transaction (as text) and its commit
+        "txId": "7741", "ts_ms": 1716719445000,   # transaction id (text), commit time
         "snapshot": "false" | "true" | "last"
       },
       "transaction": {"id": "7741", "total_order": 3, "event_count": 3},
