@@ -33,6 +33,7 @@ from kingest.metrics.top import (
     build_view,
     histogram_quantile,
 )
+from kingest.metrics.top_render import count as exact_count
 from kingest.metrics.top_render import human, render
 
 # The example of the format's documentation
@@ -541,10 +542,10 @@ def test_a_rendered_frame_shows_the_numbers() -> None:
         "SOURCE", "RECV/S", "RECV", "ACC/S", "ACC", "RETRY", "THROTL", "DLQ", "INVAL", "P50", "P99",
     ]  # fmt: skip
     assert row_cells(frame, "web_logs") == [
-        "web_logs", "300", "1.6k", "300", "1.5k", "16", "14", "4", "3", "550ms", "991ms",
+        "web_logs", "300", "1600", "300", "1500", "16", "14", "4", "3", "550ms", "991ms",
     ]  # fmt: skip
     assert row_cells(frame, "mqtt")[1:5] == ["0", "40", "0", "40"]
-    assert row_cells(frame, "TOTAL")[1:9] == ["300", "1.6k", "300", "1.5k", "17", "14", "4", "3"]
+    assert row_cells(frame, "TOTAL")[1:9] == ["300", "1640", "300", "1540", "17", "14", "4", "3"]
     assert "BUFFER       100 records   3.4MiB   12.5% full" in text
     assert "AGGREGATION  60.0 user records per Kinesis record" in text
     assert row_cells(frame, "ProvisionedThroughputExceededException")[1:] == ["14", "2"]
@@ -602,7 +603,7 @@ def test_once_prints_one_plain_frame() -> None:
     out = io.StringIO()
     assert once(monitor, 0.001, out) == 0
     frame = out.getvalue().splitlines()
-    assert row_cells(frame, "web_logs")[2] == "1.6k"
+    assert row_cells(frame, "web_logs")[2] == "1600"
     assert "\x1b" not in out.getvalue() and "█" not in out.getvalue()  # StringIO: no encoding
 
 
@@ -693,3 +694,11 @@ def test_backpressure_and_change_capture_lag_are_shown_when_present() -> None:
     assert any(line.startswith("LAG") and "orders_db 250ms" in line for line in frame)
     quiet = render(build_view("x", scrape_of(AFTER, 110), scrape_of(BEFORE, 100)))
     assert not any(line.startswith(("BLOCKED", "LAG")) for line in quiet)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(None, "-"), (0, "0"), (1234, "1234"), (999_999, "999999"), (1_000_000, "1.0M"), (2.5, "2.5")],
+)
+def test_totals_are_exact_while_they_fit(value: float | None, text: str) -> None:
+    assert exact_count(value) == text

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from kingest.metrics.top import Count, View
 
-__all__ = ["human", "render"]
+__all__ = ["count", "human", "render"]
 
 BAR_WIDTH = 20
 _NUMBER_WIDTH = 7
@@ -74,7 +74,7 @@ def render(
         "BUFFER       "
         + "   ".join(
             (
-                f"{human(view.buffered_records)} records",
+                f"{count(view.buffered_records)} records",
                 _bytes(view.buffered_bytes),
                 f"{_percent(view.buffer_fill_ratio)} full",
             )
@@ -96,6 +96,15 @@ def render(
     _breakdown_table("DLQ BY REASON", view.dlq_by_reason, out)
     _shard_table(view, out, unicode)
     return _finish(lines, width, height, color)
+
+
+def count(value: float | None) -> str:
+    """A counter's total exactly while it fits a column (below a million), else :func:`human`:
+    totals are compared with what was sent, so they must not be rounded when they can help it.
+    """
+    if value is not None and not math.isnan(value) and value == int(value) and abs(value) < 1e6:
+        return str(int(value))
+    return human(value)
 
 
 def human(value: float | None) -> str:
@@ -138,13 +147,13 @@ def _sources_table(view: View, out: Callable[[str, str], None]) -> None:
         cells = (
             row.name or "-",
             _rate(row.received),
-            human(row.received.total if row.received else None),
+            count(row.received.total if row.received else None),
             _rate(row.accepted),
-            human(row.accepted.total if row.accepted else None),
-            human(row.retried),
-            human(row.throttled),
-            human(row.dlq),
-            human(row.invalid),
+            count(row.accepted.total if row.accepted else None),
+            count(row.retried),
+            count(row.throttled),
+            count(row.dlq),
+            count(row.invalid),
             _seconds(row.p50_s),
             _seconds(row.p99_s),
         )
@@ -164,8 +173,8 @@ def _breakdown_table(
         out("-", "")
     elif not rows:
         out("none", "")
-    for name, count in rows or ():
-        out(_line((name or "-", human(count.total), human(count.rate)), first), "")
+    for name, counter in rows or ():
+        out(_line((name or "-", count(counter.total), human(counter.rate)), first), "")
 
 
 def _shard_table(view: View, out: Callable[[str, str], None], unicode: bool) -> None:
