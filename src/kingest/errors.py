@@ -10,6 +10,8 @@
     ├── BufferFullError               put() could not get buffer space in time
     ├── AggregationFormatError        starts with the KPL magic but is not a valid aggregate
     ├── CheckpointError               the checkpoint store cannot be opened, read or written
+    ├── SpoolError                    a spool (kingest.spool) cannot be read or written, or is
+    │                                 damaged before its tail
     ├── ScrapeError                   a metrics endpoint cannot be read (``kingest top``)
     │   └── ExpositionError           its answer is not Prometheus text
     ├── SourceError                   a source's server refused us or cannot be reached

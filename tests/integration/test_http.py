@@ -21,6 +21,7 @@ import pytest
 
 from kingest.agent.config import AgentConfig
 from kingest.sources.http.source import HttpSource
+from kingest.spool import Spool
 from tests.agents import AgentProcess, InProcessAgent
 from tests.faultproxy import FaultPlan, FaultProxy
 from tests.helpers import read_stream, wait_until
@@ -267,3 +268,80 @@ def test_http_senders_are_told_which_events_break_the_schema(
     assert rejected["error"].startswith("breaks schema app_events/v")
     assert "$.event_type" in rejected["error"]
     assert body["accepted"] == 1 and body["failed"] == 1
+
+
+def test_spooled_events_answered_202_survive_a_crash(
+    stream_factory: Callable[..., str], endpoint_url: str, tmp_path: Path,
+    agents: Callable[[list[str], Path], AgentProcess],
+) -> None:  # fmt: skip
+    """ack: spooled: a 202 means on disk. Kinesis refuses everything, the agent is killed, and
+    the restarted agent sends every answered event, once; a clean stop then leaves nothing."""
+    stream = stream_factory(shards=2)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    port = free_port()
+    spool = tmp_path / "spool"
+
+    def command(endpoint: str) -> list[str]:
+        return ["http", "--listen", f"127.0.0.1:{port}", "--stream", stream,
+                "--token-file", str(token_file), "--endpoint-url", endpoint,
+                "--ack", "spooled", "--spool-dir", str(spool), "--linger-ms", "20"]  # fmt: skip
+
+    def answered(body: bytes) -> int:
+        try:
+            return post(f"http://127.0.0.1:{port}", body, "application/x-ndjson", timeout=10)[0]
+        except aiohttp.ClientError:
+            return 0
+
+    with FaultProxy(endpoint_url, FaultPlan(http_503=1.0)) as refusing:
+        agent = agents(command(refusing.url), tmp_path)
+        wait_until(lambda: answered(b"") in (202, 400), 30, "the server")
+        for batch in range(5):
+            body = b"\n".join(orjson.dumps({"id": f"e{batch}-{i}"}) for i in range(20))
+            assert answered(body) == 202
+        assert not read_stream(endpoint_url, stream)
+        agent.kill()  # SIGKILL: what was answered 202 is only on disk
+
+    restarted = agents(command(endpoint_url), tmp_path)
+    expected = {f"e{batch}-{i}" for batch in range(5) for i in range(20)}
+
+    def ids() -> list[str]:
+        return [orjson.loads(r.data)["id"] for r in read_stream(endpoint_url, stream)]
+
+    wait_until(lambda: set(ids()) >= expected, 60, "the spooled events")
+    assert restarted.stop(signal.SIGTERM) == 0, restarted.stderr
+    assert sorted(ids()) == sorted(expected), "an event was sent twice or lost"
+    assert "Sending events spooled before a stop" in restarted.stderr
+    # Everything is delivered and committed: a clean stop leaves no event to send again.
+    left = Spool(spool)
+    try:
+        assert list(left.pending()) == []
+    finally:
+        left.close()
+
+
+def test_spooled_requests_get_503_when_the_producer_stays_behind(
+    serve: Callable[..., Server], stream_factory: Callable[..., str], endpoint_url: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    stream = stream_factory()
+    spooled = config(
+        stream, tmp_path, producer={"max_buffer_records": 5, "record_ttl_ms": 600_000},
+        ack="spooled", spool_dir=str(tmp_path / "spool"), max_queued_events=10,
+        admission_timeout_s=0.2,
+    )  # fmt: skip
+    with FaultProxy(endpoint_url, FaultPlan(http_503=1.0)) as refusing:
+        server = serve(spooled, refusing.url)
+        statuses = []
+        for batch in range(10):
+            body = b"\n".join(orjson.dumps({"id": f"b{batch}-{i}"}) for i in range(5))
+            status, headers, answer = post(server.url, body, "application/x-ndjson")
+            statuses.append(status)
+            if status == 503:
+                assert headers["Retry-After"] == "1"
+                assert {r["status"] for r in answer["results"]} == {"rejected"}
+                break
+        assert statuses[0] == 202 and statuses[-1] == 503, statuses
+        refusing.set_plan(FaultPlan())
+        accepted = 5 * (len(statuses) - 1)
+        wait_until(lambda: len(read_stream(endpoint_url, stream)) == accepted, 60, "the events")

@@ -153,3 +153,15 @@ def test_a_delivery_mark_waits_for_every_generation_up_to_its_own() -> None:
     assert mark.done(), "records of later generations do not hold it back"
     undone[0] += 1  # cannot happen to a closed generation, but a done mark stays done
     assert mark.done()
+
+
+def test_the_http_spool_directory_goes_with_spooled_acknowledgement() -> None:
+    from pydantic import ValidationError
+
+    from kingest.sources.http.source import HttpSourceConfig
+
+    good = HttpSourceConfig.model_validate({"type": "http", "ack": "spooled", "spool_dir": "sp"})
+    assert good.spool_dir == "sp"
+    for fields in ({"ack": "spooled"}, {"ack": "buffered", "spool_dir": "sp"}):
+        with pytest.raises(ValidationError, match="spool_dir goes with ack: spooled"):
+            HttpSourceConfig.model_validate({"type": "http", **fields})

@@ -34,9 +34,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--ack",
-        choices=("delivered", "buffered"),
+        choices=("delivered", "spooled", "buffered"),
         default="delivered",
-        help="answer once delivered (200, default) or once buffered (202)",
+        help="answer once delivered (200, default), once on disk in --spool-dir (202, sent "
+        "again after a crash), or once in memory (202, lost on a crash)",
+    )
+    parser.add_argument(
+        "--spool-dir", metavar="DIR", help="the spool of --ack spooled (default: kingest-spool)"
     )
     parser.add_argument(
         "--max-body-bytes", type=int, default=16 << 20, help="largest body taken (16 MiB)"
@@ -61,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             "listen": args.listen,
             "token_file": args.token_file,
             "ack": args.ack,
+            "spool_dir": args.spool_dir or ("kingest-spool" if args.ack == "spooled" else None),
             "max_body_bytes": args.max_body_bytes,
             "partition_key": args.partition_key,
         },

@@ -11,8 +11,11 @@ Each event becomes one record: its fields, flat, plus ``source`` (the source nam
         {"index": 2, "status": "accepted"}]}
 
 comes once every event in it is accepted by Kinesis or in the dead-letter queue (``status``
-``dead_lettered``, with the reason), so a 200 means the events are safe. With ``ack: buffered``
-the answer is a 202 as soon as the events are in the producer's buffer.
+``dead_lettered``, with the reason), so a 200 means the events are safe. With ``ack: spooled``
+the answer is a 202 once the events are written and fsync'd to the source's spool on disk,
+from which they are sent, and sent again after a crash (see :mod:`.spooling`). With
+``ack: buffered`` it is a 202 as soon as the events are in the producer's memory buffer: the
+fastest answer, and the only one that a crash can make untrue.
 
 Status codes: 200 (or 202) with the results; 400 for a body that is not JSON (naming the line);
 401 without the right token; 413 past ``max_body_bytes``; 415 for another content type; 503
@@ -27,6 +30,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +47,8 @@ from kingest.record import DlqReason, RecordFuture
 from kingest.schemas.validate import SchemaField
 from kingest.sources.base import Source, SourceContext
 from kingest.sources.http.events import NDJSON_TYPES, BodyError, NotAnEvent, parse_body
+from kingest.sources.http.spooling import SPOOL_LANE, SpoolBusy, Spooler
+from kingest.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +81,22 @@ class HttpSourceConfig(SchemaField):
     max_body_bytes: int = Field(
         16 << 20, ge=1024, le=16 << 20, description="Largest request body taken (413 beyond)."
     )
-    ack: Literal["delivered", "buffered"] = Field(
+    ack: Literal["delivered", "spooled", "buffered"] = Field(
         "delivered",
         description=(
-            "delivered: answer once every event is accepted or dead-lettered; buffered: "
-            "answer 202 once the events are in the buffer."
+            "delivered: answer once every event is accepted or dead-lettered; spooled: answer "
+            "202 once the events are on disk in spool_dir (sent again after a crash); "
+            "buffered: answer 202 once the events are in memory (lost on a crash)."
         ),
+    )
+    spool_dir: str | None = Field(
+        None, description="Directory of the spool (ack: spooled): one per source, never shared."
+    )
+    max_queued_events: int = Field(
+        100_000,
+        ge=1,
+        description="ack: spooled: most events on disk waiting for the producer before "
+        "requests wait (and get 503 after admission_timeout_s).",
     )
     admission_timeout_s: float = Field(
         2.0,
@@ -100,9 +116,14 @@ class HttpSourceConfig(SchemaField):
         return value
 
     @model_validator(mode="after")
-    def _one_token(self) -> HttpSourceConfig:
+    def _check_together(self) -> HttpSourceConfig:
+        problems = []
         if self.token is not None and self.token_file is not None:
-            raise ValueError("give token or token_file, not both")
+            problems.append("give token or token_file, not both")
+        if (self.ack == "spooled") != (self.spool_dir is not None):
+            problems.append("spool_dir goes with ack: spooled, and ack: spooled needs it")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def build(self, store: CheckpointStore) -> HttpSource:
@@ -117,11 +138,14 @@ class HttpSourceConfig(SchemaField):
 class HttpSource(Source):
     """Serves ``/v1/events`` and ``/health`` (see the module docstring)."""
 
-    can_ack = False  # the answer to the client is the acknowledgement
+    can_ack = False  # the answer to the client is the acknowledgement (but see ack: spooled)
 
     def __init__(self, config: HttpSourceConfig) -> None:
         super().__init__(config.name)
         self.config = config
+        # With a spool, its sequence numbers are positions committed after ack.
+        self.can_ack = config.ack == "spooled"
+        self._spooler: Spooler | None = None
         self.host, self.port = parse_host_port(config.listen, any_port=True)
         self._token = _load_token(config)
         self.keys = [KeyTemplate(None, config.partition_key)] if config.partition_key else []
@@ -138,7 +162,17 @@ class HttpSource(Source):
         return app
 
     async def start(self) -> None:
-        """Listen (a port in use stops the agent with a one-line error)."""
+        """Open the spool (ack: spooled) and listen (a port in use stops the agent with a
+        one-line error)."""
+        if self.config.spool_dir is not None:
+            spool = Spool(self.config.spool_dir)
+            self._spooler = Spooler(spool, self.config.max_queued_events)
+            recovered = self._spooler.recover()
+            if recovered:
+                log.warning(
+                    "Sending events spooled before a stop that did not deliver them.",
+                    extra={"source": self.name, "events": recovered},
+                )
         runner = web.AppRunner(self._application(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
@@ -155,17 +189,38 @@ class HttpSource(Source):
     async def run(self, ctx: SourceContext, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then answer the requests in progress and close."""
         self._ctx = ctx
+        spooler = self._spooler
+        pump = None
+        if spooler is not None:
+            pump = asyncio.create_task(spooler.run(ctx), name=f"kingest-pump-{self.name}")
         self._running.set()
-        await stop.wait()
-        self._stopping = True
-        if self._runner is not None:
-            # Requests already taken are answered once their events are safe: the producer
-            # is still running while the runner waits for them.
-            await self._runner.cleanup()
-            self._runner = None
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            # A failing spool (a full or broken disk) ends the source; nothing is answered 202
+            # that is not on disk.
+            await asyncio.wait({stopped, *([pump] if pump else [])}, return_when="FIRST_COMPLETED")
+        finally:
+            stopped.cancel()
+            self._stopping = True
+            if self._runner is not None:
+                # Requests already taken are answered once their events are safe: the
+                # producer is still running while the runner waits for them.
+                await self._runner.cleanup()
+                self._runner = None
+            if spooler is not None and pump is not None:
+                spooler.close()
+                await pump
+
+    def commit(self, positions: Mapping[str, Any]) -> None:
+        """Mark spooled events done up to the committable sequence number (ack: spooled)."""
+        seq = positions.get(SPOOL_LANE)
+        if seq is not None and self._spooler is not None:
+            self._spooler.spool.commit(int(seq))
 
     def close(self) -> None:
-        """Nothing left open after :meth:`run` (the runner is cleaned up there)."""
+        """Close the spool, after the last commit (the runner is cleaned up in :meth:`run`)."""
+        if self._spooler is not None:
+            self._spooler.spool.close()
 
     # --- handlers ------------------------------------------------------------------------------
 
@@ -212,16 +267,32 @@ class HttpSource(Source):
     async def _take(
         self, ctx: SourceContext, events: list[dict[str, Any] | NotAnEvent]
     ) -> web.Response:
-        producer: AsyncProducer = ctx.producer
-        name = self.name
-        keys = self.keys
         stats = ctx.stats
         stats.received += len(events)
         results: list[dict[str, Any] | None] = [None] * len(events)
-        admitted: list[tuple[int, RecordFuture]] = []
-        ingested = datetime.now(UTC).isoformat(timespec="milliseconds")
-        full_at: int | None = None
+        prepared = self._prepare(ctx, events, results)
+        if self._spooler is not None:
+            full = await self._spool(ctx, prepared, results)
+        else:
+            full = await self._put(ctx, prepared, results)
+        accepted = sum(1 for r in results if r is not None and r["status"] == "accepted")
+        body = {"accepted": accepted, "failed": len(events) - accepted, "results": results}
+        if full:
+            return web.json_response(body, status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        return web.json_response(body, status=200 if self.config.ack == "delivered" else 202)
+
+    def _prepare(
+        self,
+        ctx: SourceContext,
+        events: list[dict[str, Any] | NotAnEvent],
+        results: list[dict[str, Any] | None],
+    ) -> list[tuple[int, dict[str, Any], str | None]]:
+        """The events to send, enriched and keyed, with their index; the others' results."""
+        name = self.name
+        keys = self.keys
         validator = ctx.validator
+        ingested = datetime.now(UTC).isoformat(timespec="milliseconds")
+        prepared = []
         for index, event in enumerate(events):
             if isinstance(event, NotAnEvent):
                 ctx.count_invalid(DlqReason.INVALID_INPUT)
@@ -244,6 +315,43 @@ class HttpSource(Source):
                 key: str | None = key_with_fallback(keys, event) if keys else None
             except KeyError:
                 key = None
+            prepared.append((index, event, key))
+        return prepared
+
+    async def _spool(
+        self,
+        ctx: SourceContext,
+        prepared: list[tuple[int, dict[str, Any], str | None]],
+        results: list[dict[str, Any] | None],
+    ) -> bool:
+        """ack: spooled: every prepared event on disk, or none; True when refused for room."""
+        assert self._spooler is not None
+        try:
+            await self._spooler.submit(
+                [(event, key) for _, event, key in prepared], self.config.admission_timeout_s
+            )
+        except SpoolBusy as busy:
+            for index, _, _ in prepared:
+                results[index] = {"index": index, "status": "rejected", "error": str(busy)}
+            return True
+        ctx.stats.parsed += len(prepared)
+        for index, _, _ in prepared:
+            results[index] = {"index": index, "status": "accepted"}
+        return False
+
+    async def _put(
+        self,
+        ctx: SourceContext,
+        prepared: list[tuple[int, dict[str, Any], str | None]],
+        results: list[dict[str, Any] | None],
+    ) -> bool:
+        """ack: delivered or buffered: each event into the producer, then (delivered) its
+        outcome; True when the buffer stayed full."""
+        producer: AsyncProducer = ctx.producer
+        name = self.name
+        admitted: list[tuple[int, RecordFuture]] = []
+        full_at: int | None = None
+        for position, (index, event, key) in enumerate(prepared):
             future = producer.put_nowait(event, key, None, name)
             if future is None:
                 try:
@@ -251,35 +359,30 @@ class HttpSource(Source):
                         event, key, None, name, timeout=self.config.admission_timeout_s
                     )
                 except BufferFullError:
-                    full_at = index
+                    full_at = position
                     break
-            stats.parsed += 1
+            ctx.stats.parsed += 1
             admitted.append((index, future))
         if full_at is not None:
-            for index in range(full_at, len(events)):
-                if results[index] is None:
-                    results[index] = {"index": index, "status": "rejected", "error": "buffer full"}
+            for index, _, _ in prepared[full_at:]:
+                results[index] = {"index": index, "status": "rejected", "error": "buffer full"}
         if self.config.ack == "buffered":
             for index, _ in admitted:
                 results[index] = {"index": index, "status": "accepted"}
-        else:
-            for index, future in admitted:
-                result = await future
-                if result.delivered:
-                    results[index] = {"index": index, "status": "accepted"}
-                else:
-                    reason = result.reason.value if result.reason else "dead_lettered"
-                    detail = f": {result.error_message}" if result.error_message else ""
-                    results[index] = {
-                        "index": index,
-                        "status": "dead_lettered",
-                        "error": f"{reason}{detail}",
-                    }
-        accepted = sum(1 for r in results if r is not None and r["status"] == "accepted")
-        body = {"accepted": accepted, "failed": len(events) - accepted, "results": results}
-        if full_at is not None:
-            return web.json_response(body, status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-        return web.json_response(body, status=202 if self.config.ack == "buffered" else 200)
+            return full_at is not None
+        for index, future in admitted:
+            result = await future
+            if result.delivered:
+                results[index] = {"index": index, "status": "accepted"}
+            else:
+                reason = result.reason.value if result.reason else "dead_lettered"
+                detail = f": {result.error_message}" if result.error_message else ""
+                results[index] = {
+                    "index": index,
+                    "status": "dead_lettered",
+                    "error": f"{reason}{detail}",
+                }
+        return full_at is not None
 
 
 def _error(
