@@ -48,7 +48,7 @@ from kingest.schemas.validate import SchemaField
 from kingest.sources.base import Source, SourceContext
 from kingest.sources.http.events import NDJSON_TYPES, BodyError, NotAnEvent, parse_body
 from kingest.sources.http.spooling import SPOOL_LANE, SpoolBusy, Spooler
-from kingest.spool import Spool
+from kingest.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,7 @@ class HttpSource(Source):
         # With a spool, its sequence numbers are positions committed after ack.
         self.can_ack = config.ack == "spooled"
         self._spooler: Spooler | None = None
+        self._spool_failing = False
         self.host, self.port = parse_host_port(config.listen, any_port=True)
         self._token = _load_token(config)
         self.keys = [KeyTemplate(None, config.partition_key)] if config.partition_key else []
@@ -196,8 +197,7 @@ class HttpSource(Source):
         self._running.set()
         stopped = asyncio.ensure_future(stop.wait())
         try:
-            # A failing spool (a full or broken disk) ends the source; nothing is answered 202
-            # that is not on disk.
+            # The pump ends only on a failure (the producer closed under it): so does the source.
             await asyncio.wait({stopped, *([pump] if pump else [])}, return_when="FIRST_COMPLETED")
         finally:
             stopped.cancel()
@@ -330,10 +330,21 @@ class HttpSource(Source):
             await self._spooler.submit(
                 [(event, key) for _, event, key in prepared], self.config.admission_timeout_s
             )
-        except SpoolBusy as busy:
+        except (SpoolBusy, SpoolError) as refused:
+            if isinstance(refused, SpoolError) and not self._spool_failing:
+                # A full or broken disk: nothing is answered 202 that is not on it.
+                log.error(
+                    "Cannot write the spool; requests are refused until it can be written.",
+                    extra={"source": self.name, "error": str(refused)},
+                )
+            self._spool_failing = isinstance(refused, SpoolError)
+            error = "cannot write the spool" if self._spool_failing else str(refused)
             for index, _, _ in prepared:
-                results[index] = {"index": index, "status": "rejected", "error": str(busy)}
+                results[index] = {"index": index, "status": "rejected", "error": error}
             return True
+        if self._spool_failing:
+            log.warning("The spool is written again.", extra={"source": self.name})
+            self._spool_failing = False
         ctx.stats.parsed += len(prepared)
         for index, _, _ in prepared:
             results[index] = {"index": index, "status": "accepted"}
