@@ -342,6 +342,14 @@ def test_spooled_requests_get_503_when_the_producer_stays_behind(
                 assert {r["status"] for r in answer["results"]} == {"rejected"}
                 break
         assert statuses[0] == 202 and statuses[-1] == 503, statuses
-        refusing.set_plan(FaultPlan())
         accepted = 5 * (len(statuses) - 1)
+
+        def spooled() -> float:
+            families = {f.name: f for f in server.agent.agent.registry.collect()}
+            return families["kingest_source_spooled_events"].value(source="app_events")
+
+        assert spooled() == accepted
+        refusing.set_plan(FaultPlan())
         wait_until(lambda: len(read_stream(endpoint_url, stream)) == accepted, 60, "the events")
+        # Delivered, then committed: the spool's backlog goes back to nothing.
+        wait_until(lambda: spooled() == 0, 30, "the spool to be committed")

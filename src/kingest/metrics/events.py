@@ -71,6 +71,14 @@ def source_families(sources: Sequence[tuple[str, SourceStats]]) -> list[MetricFa
         "Seconds from the newest change's commit in the database to the source reading it "
         "(change-capture sources; with the delivery latency, the end-to-end delay).",
     )
+    spooled = MetricFamily(
+        "kingest_source_spooled_events",
+        _GAUGE,
+        "Events on disk in the source's spool and not yet committed (sources with a spool).",
+    )
+    spool_bytes = MetricFamily(
+        "kingest_source_spool_bytes", _GAUGE, "Size of the source's spool on disk."
+    )
     for name, stats in sources:
         labels = (("source", name),)
         received.add(stats.received, labels)
@@ -79,7 +87,11 @@ def source_families(sources: Sequence[tuple[str, SourceStats]]) -> list[MetricFa
             invalid.add(count, (("source", name), ("reason", reason)))
         if stats.lag_s is not None:
             lag.add(stats.lag_s, labels)
-    return [received, parsed, invalid, lag]
+        if stats.spooled_events is not None:
+            spooled.add(stats.spooled_events, labels)
+        if stats.spool_bytes is not None:
+            spool_bytes.add(stats.spool_bytes, labels)
+    return [received, parsed, invalid, lag, spooled, spool_bytes]
 
 
 def producer_families(

@@ -104,6 +104,9 @@ class SourceStats:
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
     # Seconds from the newest change's commit to its reading (change-capture sources only).
     lag_s: float | None = None
+    # Events on disk not yet committed, and the spool's size (sources with a spool only).
+    spooled_events: int | None = None
+    spool_bytes: int | None = None
 
     def read_changes(self, events: list[tuple[dict[str, Any], str]]) -> None:
         """Note the lag of the newest of a batch of change events (Debezium ``source.ts_ms``)."""
@@ -121,6 +124,8 @@ class SourceStats:
             "invalid": self.invalid,
             "invalid_by_reason": dict(self.invalid_by_reason),
             "lag_s": self.lag_s,
+            "spooled_events": self.spooled_events,
+            "spool_bytes": self.spool_bytes,
         }
 
 

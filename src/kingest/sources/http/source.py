@@ -216,6 +216,8 @@ class HttpSource(Source):
         seq = positions.get(SPOOL_LANE)
         if seq is not None and self._spooler is not None:
             self._spooler.spool.commit(int(seq))
+            if self._ctx is not None:
+                self._spooler.measure(self._ctx)
 
     def close(self) -> None:
         """Close the spool, after the last commit (the runner is cleaned up in :meth:`run`)."""

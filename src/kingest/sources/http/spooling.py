@@ -62,6 +62,7 @@ class Spooler:
         self._room = asyncio.Event()
         self._room.set()
         self._closing = False
+        self._ctx: SourceContext | None = None
 
     def recover(self) -> int:
         """Queue the events a previous run wrote but never committed; how many there were."""
@@ -102,8 +103,15 @@ class Spooler:
         self._submission.set()
         await done
 
+    def measure(self, ctx: SourceContext) -> None:
+        """Put the spool's backlog and size in the source's statistics."""
+        ctx.stats.spooled_events = self.spool.last - self.spool.committed
+        ctx.stats.spool_bytes = self.spool.bytes_on_disk
+
     async def run(self, ctx: SourceContext) -> None:
         """Write and pump until :meth:`close` and everything submitted is handed over."""
+        self._ctx = ctx
+        self.measure(ctx)
         writer = asyncio.create_task(self._write_loop(), name=f"kingest-spool-{ctx.name}")
         try:
             await self._pump(ctx, writer)
@@ -134,6 +142,8 @@ class Spooler:
                     if not done.done():
                         done.set_exception(exc)
                 continue
+            if self._ctx is not None:
+                self.measure(self._ctx)
             first = last - len(items) + 1
             for events, done in taken:
                 first += len(events)
