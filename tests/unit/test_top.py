@@ -693,7 +693,19 @@ def test_backpressure_and_change_capture_lag_are_shown_when_present() -> None:
     assert "web_logs 25.0%" in blocked and "mqtt" not in blocked
     assert any(line.startswith("LAG") and "orders_db 250ms" in line for line in frame)
     quiet = render(build_view("x", scrape_of(AFTER, 110), scrape_of(BEFORE, 100)))
-    assert not any(line.startswith(("BLOCKED", "LAG")) for line in quiet)
+    assert not any(line.startswith(("BLOCKED", "LAG", "SPOOL")) for line in quiet)
+
+
+def test_a_spool_backlog_is_shown() -> None:
+    text = """
+        # TYPE kingest_source_spooled_events gauge
+        kingest_source_spooled_events{source="app_events"} 1200
+        # TYPE kingest_source_spool_bytes gauge
+        kingest_source_spool_bytes{source="app_events"} 3145728
+    """
+    frame = render(build_view("x", scrape_of(text, 1)))
+    spool = next(line for line in frame if line.startswith("SPOOL"))
+    assert "app_events 1200 events 3.0MiB" in spool
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,8 @@ BUFFER_FILL = "kingest_producer_buffer_fill_ratio"
 SHARD_RECORDS = "kingest_producer_shard_records_total"  # {stream, shard}
 BLOCKED = "kingest_producer_blocked_seconds_total"  # {source}
 LAG = "kingest_source_lag_seconds"  # gauge {source}, change-capture sources
+SPOOLED = "kingest_source_spooled_events"  # gauge {source}, sources with a spool
+SPOOL_BYTES = "kingest_source_spool_bytes"  # gauge {source}
 PER_KINESIS_RECORD = "kingest_producer_user_records_per_kinesis_record"  # histogram
 # Uptime: the agent's gauge, else the age of a start time (the agent's, or the standard one of
 # the Prometheus clients).
@@ -138,6 +140,9 @@ class View:
     blocked: tuple[tuple[str, Count], ...] | None = None
     # Seconds from commit to read, per change-capture source.
     lag_s: tuple[tuple[str, float], ...] | None = None
+    # Events on disk not yet committed, and the spool's bytes, per source with a spool.
+    spooled: tuple[tuple[str, float], ...] | None = None
+    spool_bytes: tuple[tuple[str, float], ...] | None = None
 
 
 class Monitor:
@@ -264,6 +269,8 @@ def build_view(address: str, current: Scrape, previous: Scrape | None = None) ->
         shard_count=shard_count,
         blocked=_breakdown(counts(BLOCKED, "source")),
         lag_s=_per_source(current, LAG),
+        spooled=_per_source(current, SPOOLED),
+        spool_bytes=_per_source(current, SPOOL_BYTES),
     )
 
 

@@ -92,6 +92,13 @@ def render(
     if view.lag_s:
         lags = "   ".join(f"{name} {_seconds(lag)}" for name, lag in view.lag_s)
         out(f"LAG          {lags} behind the database", "title")
+    if view.spooled:
+        sizes = dict(view.spool_bytes or ())
+        spools = "   ".join(
+            f"{name} {count(events)} events {_bytes(sizes.get(name))}"
+            for name, events in view.spooled
+        )
+        out(f"SPOOL        {spools} on disk, not yet delivered", "title")
     _breakdown_table("RETRIES BY ERROR CODE", view.retries_by_code, out)
     _breakdown_table("DLQ BY REASON", view.dlq_by_reason, out)
     _shard_table(view, out, unicode)
