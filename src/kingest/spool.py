@@ -12,10 +12,10 @@ Layout of ``<directory>``::
     spool-000000000421.seg   items 421.. (the last segment is the one appended to)
     committed                the committed mark as decimal text, e.g. ``b"420\\n"``
 
-Each item is one frame: a 16-byte little-endian header ``<IQI`` (payload length in bytes,
-sequence number, CRC32 of the 8 sequence-number bytes followed by the payload), then the
-payload. Sequence numbers start at 1 and never repeat, across restarts too: when every segment
-has been deleted, the committed mark carries the last one forward.
+Each item is one frame (:mod:`kingest.spool_format`: a 16-byte header with the payload's length,
+its sequence number and a CRC, then the payload). Sequence numbers start at 1 and never repeat,
+across restarts too: when every segment has been deleted, the committed mark carries the last one
+forward.
 
 Durability, per step:
 
@@ -43,15 +43,20 @@ import fcntl
 import logging
 import os
 import re
-import struct
 import threading
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from kingest.errors import ConfigError, KingestError
+from kingest.spool_format import (
+    HEADER_BYTES,
+    MAX_ITEM_BYTES,
+    encode,
+    frame_at,
+    intact_frame_from,
+)
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "MAX_ITEM_BYTES", "Spool", "SpoolError"]
 
@@ -59,11 +64,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 
-# Frame header: payload length (bytes), sequence number, CRC32 of (sequence bytes + payload).
-_HEADER = struct.Struct("<IQI")
-_SEQ = struct.Struct("<Q")
-HEADER_BYTES = _HEADER.size
-MAX_ITEM_BYTES = 2**32 - 1  # the length field is an unsigned 32-bit integer
 
 _SEGMENT_RE = re.compile(r"^spool-(\d+)\.seg$")
 _MARK_NAME = "committed"
@@ -92,70 +92,6 @@ class _Segment:
 
 def _segment_name(first: int) -> str:
     return f"spool-{first:012d}.seg"
-
-
-def _crc(seq: int, payload: bytes | memoryview) -> int:
-    return zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
-
-
-def _encode(first: int, items: Sequence[bytes]) -> bytes:
-    """Frame ``items`` with consecutive sequence numbers from ``first``, as one buffer.
-
-    Raises:
-        ValueError: an item is longer than :data:`MAX_ITEM_BYTES`.
-    """
-    parts: list[bytes] = []
-    for seq, item in enumerate(items, start=first):
-        if len(item) > MAX_ITEM_BYTES:
-            raise ValueError(f"a spool item is at most {MAX_ITEM_BYTES} bytes, got {len(item)}")
-        parts.append(_HEADER.pack(len(item), seq, _crc(seq, item)))
-        parts.append(item)
-    return b"".join(parts)
-
-
-def _frame_at(buf: memoryview, offset: int, seq: int) -> int | None:
-    """Check the frame at ``offset`` holds item ``seq`` intact.
-
-    Returns:
-        The offset just past the frame, or None when the frame is cut short, holds another
-        sequence number or fails its CRC.
-    """
-    end = len(buf)
-    if offset + HEADER_BYTES > end:
-        return None
-    length: int
-    found_seq: int
-    crc: int
-    length, found_seq, crc = _HEADER.unpack_from(buf, offset)
-    body = offset + HEADER_BYTES
-    if found_seq != seq or body + length > end:
-        return None
-    if _crc(seq, buf[body : body + length]) != crc:
-        return None
-    return body + length
-
-
-def _intact_frame_from(buf: memoryview, start: int, min_seq: int) -> int | None:
-    """Find an intact frame of any item numbered ``min_seq`` or later at ``start`` or after.
-
-    Tells a torn tail (nothing intact after the damage) from damage in the middle. Costs a
-    header unpack per byte of the region, so a damaged region of a full 16 MiB segment takes
-    seconds; that is only paid on an open after a crash or damage.
-
-    Returns:
-        The offset of the first such frame, or None.
-    """
-    end = len(buf)
-    # Every frame is at least a header long, so no intact frame can carry a larger number.
-    max_seq = min_seq + (end - start) // HEADER_BYTES
-    for offset in range(start, end - HEADER_BYTES + 1):
-        length, seq, crc = _HEADER.unpack_from(buf, offset)
-        if seq < min_seq or seq > max_seq:
-            continue
-        body = offset + HEADER_BYTES
-        if body + length <= end and _crc(seq, buf[body : body + length]) == crc:
-            return offset
-    return None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -371,7 +307,7 @@ class Spool:
         buf = memoryview(data)
         offset, seq = 0, segment.first
         while offset < len(buf):
-            after = _frame_at(buf, offset, seq)
+            after = frame_at(buf, offset, seq)
             if after is None:
                 break
             offset, seq = after, seq + 1
@@ -380,7 +316,7 @@ class Spool:
             where = f"spool segment {segment.path} at offset {offset} (item {seq})"
             if not is_last:
                 raise SpoolError(f"corrupt {where}: a bad frame in a segment that is not the last")
-            intact = _intact_frame_from(buf, offset, seq)
+            intact = intact_frame_from(buf, offset, seq)
             if intact is not None:
                 raise SpoolError(
                     f"corrupt {where}: a bad frame followed by an intact one at offset {intact}"
@@ -444,7 +380,7 @@ class Spool:
             buf = memoryview(data)
             offset, seq = 0, segment.first
             while offset < len(buf) and seq <= last:
-                after = _frame_at(buf, offset, seq)
+                after = frame_at(buf, offset, seq)
                 if after is None:
                     raise SpoolError(
                         f"corrupt spool segment {segment.path} at offset {offset} (item {seq})"
@@ -491,7 +427,7 @@ class Spool:
         with self._lock:
             self._check_open()
             first = self._last + 1
-            data = _encode(first, items)
+            data = encode(first, items)
             if self._fd is None or (
                 self._segments[-1].size > 0
                 and self._segments[-1].size + len(data) > self._segment_bytes

@@ -23,6 +23,7 @@ from kingest.metrics.cloudwatch import CloudWatchConfig, CloudWatchExporter
 from kingest.metrics.cloudwatch_datums import METRIC_NAMES
 from kingest.metrics.registry import Registry
 from tests.cloudwatch_server import LocalCloudWatch, require_moto_server
+from tests.helpers import wait_until
 from tests.unit.test_cloudwatch import Workload
 
 pytestmark = pytest.mark.integration
@@ -390,10 +391,11 @@ def test_an_agent_publishes_with_the_command_line_flags(
         return sum(p["Sum"] for p in points)
 
     try:
-        deadline = time.monotonic() + 60
-        while total("RecordsProcessed") < 40 and agent.process.poll() is None:
-            assert time.monotonic() < deadline, agent.stderr
-            time.sleep(0.2)
+        wait_until(
+            lambda: total("RecordsProcessed") >= 40 or agent.process.poll() is not None,
+            60,
+            "RecordsProcessed to reach 40",
+        )
         assert agent.stop() == 0, agent.stderr
         assert total("RecordsProcessed") == 40
         assert total("RecordsFailed") == 2

@@ -20,9 +20,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from kingest import spool as spool_module
+from kingest import spool_format
 from kingest.errors import ConfigError, KingestError
-from kingest.spool import HEADER_BYTES, Spool, SpoolError, _encode
+from kingest.spool import Spool, SpoolError
+from kingest.spool_format import HEADER_BYTES, encode
 
 
 def segments(directory: Path) -> list[Path]:
@@ -181,7 +182,7 @@ def test_segments_roll_and_an_oversized_write_gets_its_own(tmp_path: Path) -> No
 def test_an_item_too_large_for_the_frame_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(spool_module, "MAX_ITEM_BYTES", 10)
+    monkeypatch.setattr(spool_format, "MAX_ITEM_BYTES", 10)
     with Spool(tmp_path) as spool:
         with pytest.raises(ValueError, match="at most 10 bytes"):
             spool.write([b"ok", b"x" * 11])
@@ -455,7 +456,7 @@ def test_missing_segments_the_mark_covers_are_fine(tmp_path: Path) -> None:
 def test_overlapping_segments_are_refused(tmp_path: Path) -> None:
     with Spool(tmp_path) as spool:
         spool.write([b"1", b"2", b"3", b"4"])
-    (tmp_path / "spool-000000000003.seg").write_bytes(_encode(3, [b"3", b"4", b"5"]))
+    (tmp_path / "spool-000000000003.seg").write_bytes(encode(3, [b"3", b"4", b"5"]))
     with pytest.raises(SpoolError, match="already holds") as caught:
         Spool(tmp_path)
     assert "spool-000000000003.seg" in str(caught.value)
@@ -584,7 +585,7 @@ class SpoolMachine(RuleBasedStateMachine):
     @rule(items=payloads.filter(bool), data=st.data())
     def crash_during_a_write(self, items: list[bytes], data: st.DataObject) -> None:
         """A prefix of a write's frames reached the disk; the write never returned."""
-        frames = _encode(self.last + 1, items)
+        frames = encode(self.last + 1, items)
         cut = data.draw(st.integers(0, len(frames) - 1), label="cut")
         self.spool.close()
         files = segments(self.directory)
