@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 from kingest.errors import KinesisError
 from kingest.producer.aggregate import MAGIC, encode_aggregate
 from kingest.producer.transport import KinesisTransport
-from kingest.reader import (
+from kingest.read_records import (
     ReadRecord,
     encode_data,
     envelope,
     envelope_line,
-    iter_stream,
     unpack_record,
 )
+from kingest.reader import iter_stream
 
 SHARD = "shardId-000000000003"
 SEQ = "49590338271490256608559692538361571095921575989136588850"
@@ -206,7 +206,7 @@ def test_unpack_without_arrival() -> None:
 def test_unpack_corrupt_aggregate(damage: Any, caplog: pytest.LogCaptureFixture) -> None:
     secret = b"secret-payload-never-logged"
     raw = damage(encode_aggregate([("a", None, secret)]))
-    with caplog.at_level(logging.WARNING, logger="kingest.reader"):
+    with caplog.at_level(logging.WARNING, logger="kingest.read_records"):
         (record,) = unpack_record(SHARD, kinesis_record(raw, "outer"))
     assert record.corrupt
     assert record.data == raw

@@ -1,4 +1,4 @@
-"""Orchestration of ``kingest bench``: endpoints, one worker process per run, read-back, report.
+"""Orchestration of ``kingest bench``: endpoints, one worker process per run, report.
 
 Every run is a ``python -m kingest.bench.worker`` child. The runner takes its CPU time from
 ``os.wait4`` (the whole process) and from the worker's own readings around the measured phase,
@@ -8,8 +8,8 @@ because Linux carries the RSS of the parent that vforked it over the ``exec``.
 Endpoints:
 
 * ``embedded``: kinesalite, started here (:class:`~kingest.local.kinesalite.LocalKinesis`),
-  a fresh stream per run; afterwards the stream is read back (GetRecords, de-aggregated) to
-  count what really arrived, then deleted.
+  a fresh stream per run; afterwards the stream is read back to count what really arrived
+  (:func:`kingest.bench.read_back.read_back`), then deleted.
 * ``null``: :class:`~kingest.local.null_endpoint.NullEndpoint`, a fresh one per run, which
   stores nothing and so shows the producer's own cost; its counts cross-check the client's.
 * ``custom``: an existing endpoint and stream (``--endpoint-url``/``--stream``); read back only
@@ -19,7 +19,6 @@ Endpoints:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import signal
@@ -37,17 +36,16 @@ from typing import Any
 import orjson
 
 from kingest.bench import ENDPOINTS, IMPLEMENTATIONS
+from kingest.bench.read_back import ReadBack, read_back
 from kingest.errors import KinesisError, KingestError
 from kingest.local.kinesalite import LocalKinesis
 from kingest.local.null_endpoint import NullEndpoint
-from kingest.producer.deaggregate import deaggregate
 from kingest.producer.transport import LOCAL_REGION, KinesisTransport, is_loopback_url
 
 CPU_RATIO_TARGET = 0.33
 THROUGHPUT_RATIO_TARGET = 5.0
 RUN_TIMEOUT_S = 3600.0
 SEED_GRACE_S = 120.0  # beyond --seed-timeout: the seed's stop() alone may take 30 s
-READ_LIMIT = 10_000
 
 LABELS = {"kingest": "kingest", "boto3": "boto3 loop", "seed": "seed"}
 
@@ -69,18 +67,6 @@ class BenchOptions:
     read_back: bool = False  # on a custom endpoint; the embedded one is always read back
     seed_timeout_s: float = 300.0
     rate_limit: bool = False
-
-
-@dataclass
-class ReadBack:
-    """What a stream held of one run after it."""
-
-    user_records: int = 0  # user records of this run, duplicates included
-    distinct: int = 0
-    duplicates: int = 0
-    other_records: int = 0  # user records of other runs or not ours
-    kinesis_records: int = 0  # Kinesis records carrying the run's records
-    kinesis_bytes: int = 0  # their data + partition key
 
 
 @dataclass
@@ -276,91 +262,6 @@ def _row_from_worker(endpoint: str, implementation: str, records: int, run: Work
 
 
 # --------------------------------------------------------------------------------- read-back
-
-
-async def read_back(
-    transport: KinesisTransport,
-    stream: str,
-    run_id: str,
-    records: int,
-    *,
-    since: float | None = None,
-) -> ReadBack:
-    """Read every shard of a stream and count the user records of one run.
-
-    Args:
-        transport: where the stream is.
-        stream: the stream's name.
-        run_id: the ``run`` field of the run's records.
-        records: how many records the run put (their ids are 0..records-1).
-        since: read from this Unix time (AT_TIMESTAMP); None reads from TRIM_HORIZON.
-    """
-    shards = await transport.list_shards(stream)
-    seen = bytearray(records)
-    found = ReadBack()
-    for shard in shards:
-        position: dict[str, Any] = {"ShardIteratorType": "TRIM_HORIZON"}
-        if since is not None:
-            position = {"ShardIteratorType": "AT_TIMESTAMP", "Timestamp": since}
-        answer = await _call_with_retries(
-            transport,
-            "GetShardIterator",
-            {"StreamName": stream, "ShardId": shard["ShardId"], **position},
-        )
-        iterator = answer.get("ShardIterator")
-        while iterator:
-            answer = await _call_with_retries(
-                transport, "GetRecords", {"ShardIterator": iterator, "Limit": READ_LIMIT}
-            )
-            batch = answer.get("Records", [])
-            for entry in batch:
-                data = base64.b64decode(entry["Data"])
-                key = str(entry["PartitionKey"])
-                ours = False
-                for user in deaggregate(data, key, entry.get("ExplicitHashKey")):
-                    ours = _tally(found, seen, user.data, run_id, records) or ours
-                if ours:
-                    found.kinesis_records += 1
-                    found.kinesis_bytes += len(data) + len(key.encode())
-            iterator = answer.get("NextShardIterator")
-            if not batch and not answer.get("MillisBehindLatest"):
-                break
-    return found
-
-
-def _tally(found: ReadBack, seen: bytearray, data: bytes, run_id: str, records: int) -> bool:
-    """Count one user record; True when it is one of the run's."""
-    try:
-        payload = orjson.loads(data)
-        ours = isinstance(payload, dict) and payload.get("run") == run_id
-        index = payload["id"] if ours else -1
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        ours, index = False, -1
-    if not ours or not isinstance(index, int) or not 0 <= index < records:
-        found.other_records += 1
-        return False
-    found.user_records += 1
-    if seen[index]:
-        found.duplicates += 1
-    else:
-        seen[index] = 1
-        found.distinct += 1
-    return True
-
-
-async def _call_with_retries(
-    transport: KinesisTransport, operation: str, params: dict[str, Any], attempts: int = 10
-) -> dict[str, Any]:
-    delay = 0.2
-    for attempt in range(attempts):
-        try:
-            return await transport.call(operation, params)
-        except KinesisError as exc:
-            if not exc.retriable or attempt == attempts - 1:
-                raise
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")
 
 
 def _read_back_sync(

@@ -5,7 +5,8 @@ GetRecords answer. By default each line is a payload's bytes exactly as they are
 newline: handy for line-oriented text such as JSON events, but a payload that holds a newline
 (or arbitrary binary) cannot be told apart from two records. ``--envelope`` is the safe form:
 one compact JSON object per line with the record's metadata and its data as JSON, text or
-base64 (see :func:`kingest.reader.envelope`). A closed pipe (``| head``) ends the read quietly.
+base64 (see :func:`kingest.read_records.envelope`). A closed pipe (``| head``) ends the read
+quietly.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import IO, Any
 
 from kingest.cli.common import add_aws_arguments
 from kingest.producer.transport import KinesisTransport
-from kingest.reader import START_POSITIONS, envelope_line, iter_batches
+from kingest.read_records import envelope_line
+from kingest.reader import START_POSITIONS, iter_batches
 
 _EPILOG = """\
 output:
