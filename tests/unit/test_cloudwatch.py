@@ -507,10 +507,10 @@ def check_emf(document: dict[str, Any]) -> None:
         assert set(directive) == {"Namespace", "Dimensions", "Metrics"}
         assert isinstance(directive["Namespace"], str) and 1 <= len(directive["Namespace"]) <= 255
         for dimension_set in directive["Dimensions"]:
-            assert 1 <= len(dimension_set) <= 30
+            assert 0 < len(dimension_set) <= 30
             for name in dimension_set:
                 assert isinstance(document[name], str)  # dimensions are string members
-        assert 1 <= len(directive["Metrics"]) <= 100
+        assert 0 < len(directive["Metrics"]) <= 100
         for definition in directive["Metrics"]:
             assert set(definition) <= {"Name", "Unit", "StorageResolution"}
             assert definition.get("StorageResolution", 60) in (1, 60)
