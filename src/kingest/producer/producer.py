@@ -17,7 +17,8 @@ from kingest.dlq import DeadLetterQueue
 from kingest.errors import ConfigError
 from kingest.metrics.events import producer_families
 from kingest.metrics.registry import MetricFamily
-from kingest.producer.core import NoRoom, ProducerCore
+from kingest.producer.admission import NoRoom
+from kingest.producer.core import ProducerCore
 from kingest.producer.outcomes import DeliveryMark
 from kingest.producer.transport import KinesisTransport
 from kingest.record import DlqReason, Record, RecordFuture
