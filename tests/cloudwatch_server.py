@@ -85,12 +85,6 @@ class LocalCloudWatch:
             return 0
         return len(_REQUEST.findall(self._process.read_log()))
 
-    def wait_for_requests(self, count: int, timeout_s: float = 5.0) -> None:
-        """Wait until the server has logged ``count`` requests, or the timeout passes."""
-        deadline = time.monotonic() + timeout_s
-        while self.requests_seen() < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-
     def stop(self) -> None:
         """Stop the server; its port refuses connections until :meth:`start`."""
         if self._process is not None:
