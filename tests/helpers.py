@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -221,3 +222,11 @@ def require_embedded_endpoint() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"embedded Kinesis endpoint unavailable: {exc}")
         pytest.skip(f"embedded Kinesis endpoint unavailable: {exc}")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a server the test starts on it next)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from kingest.sources.http.source import HttpSource
 from kingest.spool import Spool
 from tests.agents import AgentProcess, InProcessAgent
 from tests.faultproxy import FaultPlan, FaultProxy
-from tests.helpers import read_stream, wait_until
+from tests.helpers import free_port, read_stream, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -203,13 +202,6 @@ def test_buffered_acknowledgement_answers_202(
     status, _, body = post(server.url, b'{"id": "x"}')
     assert status == 202 and body["results"] == [{"index": 0, "status": "accepted"}]
     wait_until(lambda: len(read_stream(endpoint_url, stream)) == 1, 30, "the event")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_the_command_serves_until_sigterm_and_exits_zero(

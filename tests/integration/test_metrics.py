@@ -26,7 +26,7 @@ from kingest.producer.producer import Producer
 from kingest.record import DlqReason
 from tests.agents import AgentProcess, InProcessAgent
 from tests.faultproxy import FaultPlan, FaultProxy
-from tests.helpers import ids_read, make_payload, read_stream, wait_until
+from tests.helpers import free_port, ids_read, make_payload, read_stream, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -229,15 +229,6 @@ def test_a_taken_metrics_address_stops_the_agent_with_a_clear_error(
         running = InProcessAgent(config, endpoint_url)
         with pytest.raises(Exception, match=re.escape(f"cannot serve metrics on 127.0.0.1:{port}")):
             running.stop()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_tail_serves_metrics_and_logs_json(

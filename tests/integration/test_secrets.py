@@ -7,7 +7,6 @@ fails to connect, and an HTTP bearer token used (and guessed wrong) while metric
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -20,18 +19,11 @@ from typing import Any
 import pytest
 
 from tests.agents import AgentProcess
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 SECRET = "S3cret-" + uuid.uuid4().hex
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.mark.parametrize("style", ["human", "json"])

@@ -12,7 +12,6 @@ import os
 import re
 import select
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pytest
 
 from kingest.metrics.scrape import ScrapeError, fetch
 from tests.agents import AgentProcess, tail_args
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,13 +45,6 @@ _WITH_CONTROLLING_TERMINAL = (
     "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
     "os.execv(sys.executable, [sys.executable, '-m', 'kingest', *sys.argv[1:]])"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def write_lines(path: Path, start: int, stop: int) -> None:
