@@ -8,6 +8,7 @@ reason, except under CI=true, where a skip would hide a broken CI machine, so it
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -127,6 +128,10 @@ class Publisher:
             client_id=f"kt-pub-{uuid.uuid4().hex[:8]}",
             protocol=MQTTProtocolVersion.MQTTv5,
         )
+        # Set while the broker has us: a publish that failed is tried again once it is.
+        self.connected = threading.Event()
+        self.client.on_connect = lambda *_: self.connected.set()
+        self.client.on_disconnect = lambda *_: self.connected.clear()
         self.client.reconnect_delay_set(1, 2)
         self.client.connect(host, port)
         self.client.loop_start()
@@ -139,11 +144,11 @@ class Publisher:
                 info.wait_for_publish(5)
                 if info.is_published():
                     return
-            except (RuntimeError, ValueError):
-                pass
+            except RuntimeError:
+                pass  # not connected: the message was not queued
             if time.monotonic() > deadline:
                 raise AssertionError(f"could not publish to {topic}")
-            time.sleep(0.2)
+            self.connected.wait(max(deadline - time.monotonic(), 0))
 
     def close(self) -> None:
         self.client.disconnect()
