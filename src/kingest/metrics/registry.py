@@ -205,12 +205,6 @@ class Registry:
         with self._lock:
             self._collectors.append(collector)
 
-    def unregister(self, collector: Collector) -> None:
-        """Remove a collector (no error when it is not there)."""
-        with self._lock:
-            if collector in self._collectors:
-                self._collectors.remove(collector)
-
     def collect(self) -> list[MetricFamily]:
         """Every family, those of the same name from several collectors merged, by name."""
         with self._lock:
